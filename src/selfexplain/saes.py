@@ -1,0 +1,243 @@
+"""Load SAE decoder directions: sae-lens release/id, a local sae-lens folder, or a raw safetensors.
+
+Only the decoder (and b_dec) matter for self-explanation. sae-lens is imported lazily: it costs
+seconds and pulls dozens of packages, and most stages never need it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from selfexplain.errors import InputError, SaeLoadError
+
+DEFAULT_SAE = "default"
+DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
+"""The embedded SAE for the default model (sae-lens folder format)."""
+DEFAULT_SAE_RELEASE = "selfexplain-smollm2-135m-it"
+
+
+@dataclass(frozen=True)
+class SaeDirections:
+    """An SAE's decoder rows and the names we record with every label."""
+
+    release: str
+    sae_id: str
+    decoder: Tensor  # (d_sae, d_model), float32, rows as stored (not normalised)
+    b_dec: Tensor | None  # (d_model,)
+    hook_name: str | None
+    resid_layer: int | None
+    """The block whose *input* residual the SAE reads (blocks.L.hook_resid_post -> L + 1)."""
+    model_id: str | None
+    """The model the SAE was trained on, if its config says."""
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.decoder.shape[0])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.decoder.shape[1])
+
+    def check_fits(self, d_model: int, n_layers: int) -> None:
+        """Raise SaeLoadError when the SAE cannot belong to a model of this width and depth."""
+        if self.d_model != d_model:
+            raise SaeLoadError(
+                f"SAE {self.release}/{self.sae_id} has width {self.d_model} but the model's residual "
+                f"stream is {d_model}: pick the SAE trained on this model"
+            )
+        if self.resid_layer is not None and self.resid_layer > n_layers:
+            raise SaeLoadError(
+                f"SAE {self.release}/{self.sae_id} hooks {self.hook_name}, beyond the model's "
+                f"{n_layers} blocks"
+            )
+
+    def unit_directions(self, features: list[int]) -> tuple[Tensor, list[int], dict[int, str]]:
+        """Unit-norm decoder rows for `features`.
+
+        Returns (directions (n_ok, d_model), the features kept, {feature: reason skipped}) so that a
+        NaN, infinite or zero row skips that feature with a reason instead of stopping the run.
+        """
+        check_features(features, self.d_sae)
+        rows = self.decoder[torch.tensor(features, dtype=torch.long)].float()  # (n, d_model)
+        norms = rows.norm(dim=-1)  # (n,)
+        kept: list[int] = []
+        skipped: dict[int, str] = {}
+        for i, feature in enumerate(features):
+            if not torch.isfinite(rows[i]).all():
+                skipped[feature] = "decoder row contains NaN or infinity"
+            elif float(norms[i]) < 1e-8:
+                skipped[feature] = "decoder row is zero"
+            else:
+                kept.append(i)
+        index = torch.tensor(kept, dtype=torch.long)
+        directions = rows[index] / norms[index, None]
+        return directions, [features[i] for i in kept], skipped
+
+
+def check_features(features: list[int], d_sae: int) -> None:
+    if not features:
+        raise InputError("the feature list is empty: give e.g. --features 0-7")
+    bad = [f for f in features if f < 0 or f >= d_sae]
+    if bad:
+        raise InputError(
+            f"feature index {bad[0]} is out of range: this SAE has features 0..{d_sae - 1}"
+        )
+    if len(set(features)) != len(features):
+        raise InputError("the feature list repeats an index: give each feature once")
+
+
+def parse_features(text: str) -> list[int]:
+    """Parse `0-7`, `12,40`, `0-3,10` into a sorted list of distinct indices."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", part)
+        if match is None:
+            raise InputError(f"feature list {text!r}: {part!r} is not an index or a range like 0-7")
+        start = int(match.group(1))
+        stop = int(match.group(2)) if match.group(2) is not None else start
+        if stop < start:
+            raise InputError(f"feature range {part!r} is reversed: write {stop}-{start}")
+        if stop - start >= 10_000_000:
+            raise InputError(f"feature range {part!r} is too large")
+        out.extend(range(start, stop + 1))
+    if not out:
+        raise InputError("the feature list is empty: give e.g. --features 0-7")
+    return sorted(set(out))
+
+
+def resid_layer_of(hook_name: str | None) -> int | None:
+    """`blocks.6.hook_resid_post` -> 7 (the residual entering block 7); `..resid_pre` -> 6."""
+    if not hook_name:
+        return None
+    match = re.search(r"blocks\.(\d+)\.hook_resid_(pre|post|mid)", hook_name)
+    if match is None:
+        match = re.search(r"layers\.(\d+)", hook_name)
+        return None if match is None else int(match.group(1)) + 1
+    layer = int(match.group(1))
+    return layer + 1 if match.group(2) == "post" else layer
+
+
+def load_sae(spec: str) -> SaeDirections:
+    """`default`, a sae-lens folder, a `.safetensors` file with `W_dec`, or `RELEASE/SAE_ID`."""
+    if spec == DEFAULT_SAE:
+        if not (DEFAULT_SAE_DIR / "cfg.json").is_file():
+            raise SaeLoadError(f"the embedded default SAE is missing from {DEFAULT_SAE_DIR}")
+        return load_sae_folder(DEFAULT_SAE_DIR, release=DEFAULT_SAE_RELEASE)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return load_sae_folder(path)
+    if spec.endswith(".safetensors"):
+        return load_raw_safetensors(path)
+    if "/" not in spec:
+        raise SaeLoadError(
+            f"SAE {spec!r} is neither `default`, a folder, a .safetensors file, nor RELEASE/SAE_ID"
+        )
+    release, sae_id = spec.split("/", 1)
+    return load_registry_sae(release, sae_id)
+
+
+def registry() -> dict[str, list[str]]:
+    """The installed sae-lens registry: release -> SAE ids (no network)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    return {name: list(entry.saes_map) for name, entry in get_pretrained_saes_directory().items()}
+
+
+def resolve_registry_id(release: str, sae_id: str, known: dict[str, list[str]]) -> None:
+    """Raise SaeLoadError with near matches when release or id is not in the registry."""
+    if release not in known:
+        near = difflib.get_close_matches(release, list(known), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; `selfexplain saes` lists them"
+        raise SaeLoadError(f"unknown SAE release {release!r}{hint}")
+    if sae_id not in known[release]:
+        near = difflib.get_close_matches(sae_id, known[release], n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise SaeLoadError(f"release {release!r} has no SAE id {sae_id!r}{hint}")
+
+
+def load_registry_sae(release: str, sae_id: str) -> SaeDirections:
+    resolve_registry_id(release, sae_id, registry())
+    from sae_lens import SAE
+
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device="cpu")
+    except Exception as err:  # network, auth, missing files: all end the same way for the user
+        raise SaeLoadError(
+            f"cannot download SAE {release}/{sae_id}: {type(err).__name__}: {str(err)[:120]} "
+            "(offline? download it elsewhere and pass its folder)"
+        ) from None
+    return _from_sae_lens(sae, release, sae_id)
+
+
+def load_sae_folder(path: Path, release: str | None = None) -> SaeDirections:
+    """A sae-lens folder (cfg.json + sae_weights.safetensors), loaded through sae-lens itself."""
+    cfg_path = path / "cfg.json"
+    if not cfg_path.is_file():
+        raise SaeLoadError(f"{path} has no cfg.json: not a sae-lens SAE folder")
+    try:
+        json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SaeLoadError(f"{cfg_path} is not valid JSON ({err}); the folder is corrupt") from None
+    from sae_lens import SAE
+
+    try:
+        sae = SAE.load_from_disk(str(path), device="cpu")
+    except Exception as err:
+        raise SaeLoadError(
+            f"cannot load SAE folder {path}: {type(err).__name__}: {str(err)[:160]}"
+        ) from None
+    return _from_sae_lens(sae, release or f"local:{path.name}", path.name)
+
+
+def _from_sae_lens(sae: object, release: str, sae_id: str) -> SaeDirections:
+    cfg = sae.cfg  # type: ignore[attr-defined]
+    metadata = getattr(cfg, "metadata", None)
+    hook_name = getattr(metadata, "hook_name", None) or getattr(cfg, "hook_name", None)
+    model_id = getattr(metadata, "model_name", None)
+    decoder = sae.W_dec.detach().float().cpu()  # type: ignore[attr-defined]  # (d_sae, d_in)
+    b_dec = getattr(sae, "b_dec", None)
+    return SaeDirections(
+        release=release,
+        sae_id=sae_id,
+        decoder=decoder,
+        b_dec=None if b_dec is None else b_dec.detach().float().cpu(),
+        hook_name=hook_name,
+        resid_layer=resid_layer_of(hook_name),
+        model_id=model_id,
+    )
+
+
+def load_raw_safetensors(path: Path) -> SaeDirections:
+    """A bare safetensors file holding `W_dec` (d_sae, d_model) and optionally `b_dec`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise SaeLoadError(f"safetensors file not found: {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SaeLoadError(f"cannot read {path}: {err}; the file is corrupt or truncated") from None
+    if "W_dec" not in tensors:
+        raise SaeLoadError(f"{path} has no tensor named W_dec (found: {sorted(tensors)[:5]})")
+    decoder = tensors["W_dec"].float()
+    if decoder.ndim != 2:
+        raise SaeLoadError(f"W_dec in {path} has shape {tuple(decoder.shape)}; expected 2-D")
+    return SaeDirections(
+        release=f"file:{path.stem}",
+        sae_id=path.name,
+        decoder=decoder,
+        b_dec=tensors.get("b_dec"),
+        hook_name=None,
+        resid_layer=None,
+        model_id=None,
+    )
