@@ -1,0 +1,105 @@
+"""Ranking sampled explanations: small named strategies over one feature's candidates.
+
+Each strategy maps (candidates of one prompt, that prompt's sweep) to one score per candidate,
+higher is better, plus named extra scores stored with the candidate so users see why it won.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from selfexplain.metrics import minmax
+
+
+class SweepScores(NamedTuple):
+    """One feature's metrics over the metric grid, for one prompt."""
+
+    scales: Tensor  # (scales,) absolute
+    selfsim: Tensor  # (scales,)
+    entropy: Tensor  # (scales,) entropy or cross-entropy, whichever the config scores with
+    composite: Tensor  # (scales,)
+    min_scale: float
+
+
+class Ranked(NamedTuple):
+    score: list[float]
+    extra: list[dict[str, float]]
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+_STOP = frozenset(
+    "a an the of to in on and or for is are be as by with that this it its from at word words "
+    "meaning means used refers refer describe describes something someone thing way which who "
+    "not no can may often usually one term phrase".split()
+)
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased content words of an explanation (stop words and filler dropped)."""
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+
+
+def _floored(values: Tensor, sweep: SweepScores) -> Tensor:
+    """Min-max over the grid, then scales under min_scale get the minimum (as in the composite)."""
+    scored = minmax(values[None, :])[0]
+    below = sweep.scales < sweep.min_scale
+    if below.any() and not below.all():
+        scored = torch.where(below, scored[~below].min(), scored)
+    return scored
+
+
+def rank_composite(indices: list[int], texts: list[str], sweep: SweepScores) -> Ranked:
+    """The post's selection: the composite at each sample's (nearest) metric scale."""
+    scores = [float(sweep.composite[i]) for i in indices]
+    return Ranked(scores, [{} for _ in indices])
+
+
+def rank_selfsim(indices: list[int], texts: list[str], sweep: SweepScores) -> Ranked:
+    """Self-similarity alone (min-max, min-scale floor)."""
+    scored = _floored(sweep.selfsim, sweep)
+    return Ranked([float(scored[i]) for i in indices], [{} for _ in indices])
+
+
+def rank_entropy(indices: list[int], texts: list[str], sweep: SweepScores) -> Ranked:
+    """Entropy alone: lower first-token entropy ranks higher (min-max, min-scale floor)."""
+    scored = _floored(-sweep.entropy, sweep)
+    return Ranked([float(scored[i]) for i in indices], [{} for _ in indices])
+
+
+def rank_consensus(indices: list[int], texts: list[str], sweep: SweepScores,
+                   weight: float = 1.0) -> Ranked:
+    """Composite plus agreement: how many *other* samples share a content word with this one.
+
+    A feature's true meaning tends to recur across samples and neighbouring scales, while the
+    failure modes (filler about "a word", gibberish at large scales) vary from sample to sample.
+    Agreement is the fraction of other samples sharing a content word, so it lies in [0, 1].
+    """
+    words = [content_words(t) for t in texts]
+    counts: Counter[str] = Counter(w for ws in words for w in ws)
+    others = max(len(texts) - 1, 1)
+    base = rank_composite(indices, texts, sweep).score
+    scores: list[float] = []
+    extras: list[dict[str, float]] = []
+    for i, ws in enumerate(words):
+        support = max((counts[w] - 1 for w in ws), default=0) / others
+        scores.append(base[i] + weight * support)
+        extras.append({"agreement": support})
+    return Ranked(scores, extras)
+
+
+STRATEGIES = {
+    "composite": rank_composite,
+    "selfsim": rank_selfsim,
+    "entropy": rank_entropy,
+    "consensus": rank_consensus,
+}
+
+
+def order(scores: list[float]) -> list[int]:
+    """Candidate indices best first; ties keep sampling order (stable)."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
