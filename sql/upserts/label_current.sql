@@ -1,0 +1,8 @@
+-- The latest label wins; replaying an older shard (e.g. a late Parquet merge) never demotes it.
+INSERT INTO label_current (release, sae_id, feature, run_id, labelled_at)
+SELECT release, sae_id, feature, run_id, labelled_at
+FROM incoming
+ON CONFLICT (release, sae_id, feature) DO UPDATE SET
+    run_id = excluded.run_id,
+    labelled_at = excluded.labelled_at
+WHERE excluded.labelled_at >= label_current.labelled_at;

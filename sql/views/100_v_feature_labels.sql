@@ -1,0 +1,31 @@
+-- One row per SAE feature: its current label. The first twelve columns are the public contract.
+CREATE OR REPLACE VIEW v_feature_labels AS
+SELECT
+    l.release,
+    l.sae_id,
+    l.feature,
+    l.label,
+    l.recovered_token,
+    l.scale,
+    l.composite,
+    l.max_selfsim,
+    l.failed,
+    l.failure_reason,
+    l.run_id,
+    l.labelled_at,
+    l.top_labels,
+    l.recovered_reliable,
+    l.score,
+    l.max_selfsim_repeat,
+    l.skipped,
+    l.model_id,
+    l.model_revision,
+    l.preset,
+    l.settings_hash,
+    s.hook_name,
+    s.resid_layer
+FROM label_current AS c
+JOIN label AS l
+  ON l.release = c.release AND l.sae_id = c.sae_id AND l.feature = c.feature AND l.run_id = c.run_id
+LEFT JOIN sae AS s
+  ON s.release = l.release AND s.sae_id = l.sae_id;

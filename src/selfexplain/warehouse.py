@@ -1,0 +1,462 @@
+"""The DuckDB warehouse: schema from `sql/`, deduplicated upserts, one writer, read-only readers.
+
+On every writable open the SQL files are applied in name order, idempotently:
+`sql/migrations/NNN_<name>.sql` (forward migrations not yet recorded in `schema_version`; a fresh
+warehouse is created at the latest version and records them all), then `sql/tables/*.sql`, then
+`sql/views/*.sql`. Rows go in through `sql/upserts/<table>.sql`: a polars frame is deduplicated on
+the table's primary key, registered as `incoming`, and upserted. Values only ever travel as
+parameters or registered frames.
+
+DuckDB lets one process open a file read-write and no other process open it at all while it does.
+A second opener gets `WarehouseInUse` naming the holder's PID; readers can fall back to the
+snapshot the writer publishes after each run (`<file>.snapshot`).
+
+This module never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from selfexplain.errors import WarehouseError
+from selfexplain.results import FeatureExplanation, SkippedFeature
+
+DEFAULT_WAREHOUSE = "warehouse.duckdb"
+MEMORY = ":memory:"
+
+
+def default_sql_dir() -> Path:
+    """`sql/` shipped inside the package if present, else the repository's `sql/` folder."""
+    packaged = Path(__file__).parent / "sql"
+    if (packaged / "tables").is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "sql"
+
+
+def snapshot_path(path: str | Path) -> Path:
+    """Where the writer publishes a read-only copy for readers: `<file>.snapshot`."""
+    path = Path(path)
+    return path.with_name(path.name + ".snapshot")
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class WarehouseInUse(WarehouseError):
+    """Another process holds the warehouse file (DuckDB allows one process per file)."""
+
+    def __init__(self, message: str, pid: int | None):
+        super().__init__(message)
+        self.pid = pid
+
+
+_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def _open_error(path: str, err: duckdb.Error, read_only: bool) -> WarehouseError:
+    text = str(err)
+    if "Could not set lock" in text or "Conflicting lock" in text:
+        match = _PID.search(text)
+        pid = int(match.group(1)) if match else None
+        who = f"PID {pid}" if pid is not None else "another process"
+        hint = (
+            "wait for it to finish, or query the published snapshot (selfexplain sql --snapshot)"
+            if read_only
+            else "wait for that run to finish, or pass another --warehouse path"
+        )
+        return WarehouseInUse(f"warehouse {path} is in use by {who}: {hint}", pid)
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return WarehouseError(f"cannot open warehouse {path}: {first}")
+
+
+class Warehouse:
+    """One DuckDB connection to a warehouse file (or `:memory:`), schema applied on writable open.
+
+    Use as a context manager; it closes the connection (and releases the file lock) on exit.
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_WAREHOUSE, *, read_only: bool = False,
+                 sql_dir: Path | None = None, wait_s: float = 0.0):
+        self.path = str(path)
+        self.read_only = read_only
+        self.sql_dir = Path(sql_dir) if sql_dir is not None else default_sql_dir()
+        self.note: str | None = None
+        """Set when this reader serves a snapshot instead of the live file."""
+        if read_only and self.path != MEMORY and not Path(self.path).is_file():
+            raise WarehouseError(
+                f"warehouse {self.path} does not exist: run `selfexplain relabel --warehouse "
+                f"{self.path}` first, or pass the right --warehouse path"
+            )
+        if self.path != MEMORY:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.con = self._connect(wait_s)
+        if not read_only:
+            try:
+                self.apply_schema()
+            except BaseException:
+                self.con.close()
+                raise
+
+    # -- connection ---------------------------------------------------------------------------
+    def _connect(self, wait_s: float) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return duckdb.connect(self.path, read_only=self.read_only)
+            except duckdb.Error as err:
+                error = _open_error(self.path, err, self.read_only)
+                if isinstance(error, WarehouseInUse) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise error from None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Warehouse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema -------------------------------------------------------------------------------
+    def _files(self, folder: str) -> list[Path]:
+        return sorted((self.sql_dir / folder).glob("*.sql"), key=lambda p: p.name)
+
+    def migrations(self) -> list[tuple[int, str, Path]]:
+        """Forward migrations `NNN_<name>.sql`, by version."""
+        out = []
+        for path in self._files("migrations"):
+            match = re.fullmatch(r"(\d+)_(.+)\.sql", path.name)
+            if match is None:
+                raise WarehouseError(f"migration {path} must be named NNN_<name>.sql")
+            out.append((int(match.group(1)), match.group(2), path))
+        return out
+
+    def _one(self, sql: str, params: Sequence[object] | None = None) -> tuple | None:
+        """The first row of a query, the result fully consumed (DuckDB 2.0 refuses new work on a
+        connection with an unfinished result)."""
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0] if rows else None
+
+    def _has_table(self, name: str) -> bool:
+        row = self._one(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = ?", [name]
+        )
+        return bool(row and row[0])
+
+    def _run_file(self, path: Path) -> None:
+        try:
+            self.con.execute(path.read_text())
+        except duckdb.Error as err:
+            first = str(err).strip().splitlines()[0]
+            raise WarehouseError(f"SQL file {path.name} failed on {self.path}: {first}") from None
+
+    def apply_schema(self) -> None:
+        """Migrations, tables, views: idempotent, in one transaction."""
+        fresh = not self._has_table("schema_version")
+        if fresh:
+            n_tables = self._one(
+                "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()"
+            )[0]
+            if n_tables:
+                raise WarehouseError(
+                    f"{self.path} holds {n_tables} tables but no schema_version: it is not a "
+                    "selfexplain warehouse; pass another --warehouse path"
+                )
+        migrations = self.migrations()
+        latest = max((v for v, _, _ in migrations), default=0)
+        current = 0 if fresh else self.schema_version()
+        if current > latest:
+            raise WarehouseError(
+                f"warehouse {self.path} is at schema version {current}, newer than this "
+                f"selfexplain knows ({latest}): upgrade selfexplain"
+            )
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            applied: list[tuple[int, str]] = []
+            if not fresh:
+                for version, name, path in migrations:
+                    if version > current:
+                        self._run_file(path)
+                        applied.append((version, name))
+            for path in self._files("tables"):
+                self._run_file(path)
+            if fresh:  # created at the latest version: every migration is already in the tables
+                applied = [(0, "baseline")] + [(v, n) for v, n, _ in migrations]
+            for version, name in applied:
+                self.con.execute(
+                    "INSERT INTO schema_version (version, name) VALUES (?, ?) "
+                    "ON CONFLICT (version) DO NOTHING", [version, name]
+                )
+            for path in self._files("views"):
+                self._run_file(path)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def schema_version(self) -> int:
+        row = self._one("SELECT max(version) FROM schema_version")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def tables(self) -> list[str]:
+        rows = self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = 'main' ORDER BY table_name"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def primary_key(self, table: str) -> list[str]:
+        row = self._one(
+            "SELECT constraint_column_names FROM duckdb_constraints() "
+            "WHERE database_name = current_database() AND table_name = ? "
+            "AND constraint_type = 'PRIMARY KEY'", [table]
+        )
+        if row is None:
+            raise WarehouseError(f"table {table!r} has no primary key in {self.path}")
+        return list(row[0])
+
+    # -- writing ------------------------------------------------------------------------------
+    def upsert(self, table: str, frame: pl.DataFrame) -> int:
+        """Deduplicate `frame` on the table's key (last row wins) and upsert it; rows written."""
+        if self.read_only:
+            raise WarehouseError(f"warehouse {self.path} is open read-only: cannot write {table}")
+        sql_file = self.sql_dir / "upserts" / f"{table}.sql"
+        if not sql_file.is_file():
+            raise WarehouseError(f"no upsert for table {table!r}: add sql/upserts/{table}.sql")
+        if frame.height == 0:
+            return 0
+        key = self.primary_key(table)
+        missing = [k for k in key if k not in frame.columns]
+        if missing:
+            raise WarehouseError(f"rows for {table} lack key column(s) {missing}")
+        frame = frame.unique(subset=key, keep="last", maintain_order=True)
+        self.con.register("incoming", frame)
+        try:
+            self.con.execute(sql_file.read_text())
+        except duckdb.Error as err:
+            first = str(err).strip().splitlines()[0]
+            raise WarehouseError(f"upsert into {table} failed: {first}") from None
+        finally:
+            try:
+                self.con.unregister("incoming")
+            except duckdb.Error:  # an aborted transaction: the caller rolls back, then it is gone
+                pass
+        return frame.height
+
+    def write(self, frames: Mapping[str, pl.DataFrame]) -> dict[str, int]:
+        """Upsert several tables in one transaction: all rows land, or none."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            counts = {table: self.upsert(table, frame) for table, frame in frames.items()}
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            try:
+                self.con.unregister("incoming")
+            except duckdb.Error:
+                pass
+            raise
+        return counts
+
+    def execute(self, sql: str, params: Sequence[object] | None = None) -> None:
+        """Run one statement (our own SQL only; values as parameters)."""
+        self.con.execute(sql, params or []).fetchall()
+
+    def publish_snapshot(self) -> Path | None:
+        """Checkpoint and copy the file to `<file>.snapshot` (atomic rename) for readers."""
+        if self.path == MEMORY or self.read_only:
+            return None
+        self.con.execute("CHECKPOINT")
+        target = snapshot_path(self.path)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(self.path, partial)
+        os.replace(partial, target)
+        return target
+
+    # -- reading ------------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[object] | None = None) -> pl.DataFrame:
+        """Run one statement and return its rows as a polars frame."""
+        try:
+            relation = self.con.sql(sql, params=params) if params else self.con.sql(sql)
+        except duckdb.Error as err:
+            first = str(err).strip().splitlines()[0]
+            raise WarehouseError(f"query failed: {first}") from None
+        return relation.pl() if relation is not None else pl.DataFrame()
+
+    def table(self, name: str) -> pl.DataFrame:
+        """Every row of one table or view (the name must exist in the catalog)."""
+        known = set(self.tables()) | set(self.views())
+        if name not in known:
+            raise WarehouseError(f"no table or view named {name!r} in {self.path}")
+        return self.query(f'SELECT * FROM "{name}"')  # name checked against the catalog above
+
+    def views(self) -> list[str]:
+        rows = self.con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
+            "AND NOT internal ORDER BY view_name"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+
+def open_reader(path: str | Path, *, snapshot: bool | None = None, wait_s: float = 2.0) -> Warehouse:
+    """A read-only warehouse. `snapshot=None`: the live file, or its snapshot while a writer holds
+    it (`note` says so); `True`: the snapshot only; `False`: the live file only."""
+    snap = snapshot_path(path)
+    if snapshot:
+        if not snap.is_file():
+            raise WarehouseError(f"no snapshot {snap}: it is published at the end of each run")
+        reader = Warehouse(snap, read_only=True)
+        reader.note = f"reading the snapshot {snap}"
+        return reader
+    try:
+        return Warehouse(path, read_only=True, wait_s=wait_s)
+    except WarehouseInUse as err:
+        if snapshot is False or not snap.is_file():
+            raise
+        reader = Warehouse(snap, read_only=True)
+        stamp = dt.datetime.fromtimestamp(snap.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+        reader.note = f"{err}; reading the snapshot published at {stamp}"
+        return reader
+
+
+# -- records -> rows ------------------------------------------------------------------------------
+TS = pl.Datetime("us", "UTC")
+SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "label": {
+        "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
+        "label": pl.String, "top_labels": pl.List(pl.String), "recovered_token": pl.String,
+        "recovered_reliable": pl.Boolean, "scale": pl.Float64, "composite": pl.Float64,
+        "score": pl.Float64, "max_selfsim": pl.Float64, "max_selfsim_repeat": pl.Float64,
+        "failed": pl.Boolean, "failure_reason": pl.String, "skipped": pl.Boolean,
+        "model_id": pl.String, "model_revision": pl.String, "preset": pl.String,
+        "settings_hash": pl.String, "seconds": pl.Float64, "labelled_at": TS,
+    },
+    "label_current": {
+        "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
+        "labelled_at": TS,
+    },
+    "explanation": {
+        "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
+        "candidate": pl.Int32, "prompt": pl.String, "text": pl.String, "scale": pl.Float64,
+        "sample": pl.Int32, "composite": pl.Float64, "score": pl.Float64, "rank": pl.Int32,
+        "chosen": pl.Boolean, "extra_json": pl.String,
+    },
+    "scale_metric": {
+        "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
+        "prompt": pl.String, "scale_index": pl.Int32, "scale": pl.Float64, "selfsim": pl.Float64,
+        "entropy": pl.Float64, "crossent": pl.Float64, "composite": pl.Float64,
+    },
+    "shard_done": {
+        "request_hash": pl.String, "shard_key": pl.String, "run_id": pl.String,
+        "release": pl.String, "sae_id": pl.String, "features": pl.List(pl.Int32),
+        "n_features": pl.Int32, "n_labelled": pl.Int32, "n_failed": pl.Int32,
+        "n_skipped": pl.Int32, "seconds": pl.Float64, "done_at": TS,
+    },
+    "run": {
+        "run_id": pl.String, "request_hash": pl.String, "model": pl.String,
+        "model_id": pl.String, "model_revision": pl.String, "release": pl.String,
+        "sae_id": pl.String, "preset": pl.String, "settings_hash": pl.String,
+        "config_json": pl.String, "features": pl.String, "n_features": pl.Int32,
+        "shard_size": pl.Int32, "n_shards": pl.Int32, "n_shards_skipped": pl.Int32,
+        "n_labelled": pl.Int32, "n_failed": pl.Int32, "n_skipped": pl.Int32,
+        "status": pl.String, "error": pl.String, "started_at": TS, "finished_at": TS,
+    },
+    "sae": {
+        "release": pl.String, "sae_id": pl.String, "source": pl.String, "model_id": pl.String,
+        "hook_name": pl.String, "resid_layer": pl.Int32, "d_sae": pl.Int32,
+        "d_model": pl.Int32, "path": pl.String, "neuronpedia_id": pl.String,
+        "first_seen": TS, "last_seen": TS, "removed_at": TS,
+    },
+    "sae_change": {
+        "release": pl.String, "sae_id": pl.String, "change": pl.String, "source": pl.String,
+        "observed_at": TS, "matched": pl.Boolean,
+    },
+    "registry_snapshot": {
+        "snapshot_sha": pl.String, "sae_lens_version": pl.String, "n_releases": pl.Int32,
+        "n_saes": pl.Int32, "first_seen": TS, "last_seen": TS,
+    },
+    "registry_entry": {
+        "snapshot_sha": pl.String, "release": pl.String, "sae_id": pl.String,
+        "model_id": pl.String, "repo_id": pl.String, "path": pl.String,
+        "neuronpedia_id": pl.String,
+    },
+    "reference_label": {
+        "source": pl.String, "release": pl.String, "sae_id": pl.String, "feature": pl.Int32,
+        "description": pl.String, "model_id": pl.String, "layer": pl.String,
+        "explanation_model": pl.String, "source_file": pl.String, "imported_at": TS,
+    },
+}
+
+
+def frame(table: str, rows: Iterable[Mapping[str, object]]) -> pl.DataFrame:
+    """Rows (dicts) as a frame with the table's column types; missing columns are null."""
+    schema = SCHEMAS[table]
+    rows = [{name: row.get(name) for name in schema} for row in rows]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def feature_rows(results: Sequence[FeatureExplanation], skipped: Sequence[SkippedFeature], *,
+                 release: str, sae_id: str, run_id: str, model_id: str, model_revision: str,
+                 preset: str, settings_hash: str,
+                 labelled_at: dt.datetime | None = None) -> dict[str, pl.DataFrame]:
+    """The engine's records as frames for `label`, `label_current`, `explanation`, `scale_metric`."""
+    labelled_at = labelled_at or utc_now()
+    keys = dict(release=release, sae_id=sae_id, run_id=run_id)
+    common = dict(keys, model_id=model_id, model_revision=model_revision, preset=preset,
+                  settings_hash=settings_hash, labelled_at=labelled_at)
+    labels: list[dict[str, object]] = []
+    explanations: list[dict[str, object]] = []
+    metrics: list[dict[str, object]] = []
+    for fe in results:
+        best = fe.explanations[0] if fe.explanations else None
+        labels.append(dict(
+            common, feature=fe.feature, label=fe.label,
+            top_labels=[c.text for c in fe.explanations],
+            recovered_token=fe.recovered_token, recovered_reliable=fe.recovered_reliable,
+            scale=best.scale if best else None, composite=best.composite if best else None,
+            score=best.score if best else None, max_selfsim=fe.max_selfsim,
+            max_selfsim_repeat=fe.max_selfsim_repeat, failed=fe.failed,
+            failure_reason=fe.failure_reason, skipped=False, seconds=fe.seconds,
+        ))
+        for i, c in enumerate(fe.candidates):
+            explanations.append(dict(
+                keys, feature=fe.feature, candidate=i, prompt=c.prompt, text=c.text,
+                scale=c.scale, sample=c.sample, composite=c.composite, score=c.score,
+                rank=c.rank, chosen=c.chosen,
+                extra_json=json.dumps(c.extra, sort_keys=True) if c.extra else None,
+            ))
+        for sweep in fe.sweeps:
+            for j, scale in enumerate(sweep.scales):
+                metrics.append(dict(
+                    keys, feature=fe.feature, prompt=sweep.prompt, scale_index=j, scale=scale,
+                    selfsim=_at(sweep.selfsim, j), entropy=_at(sweep.entropy, j),
+                    crossent=_at(sweep.crossent, j), composite=_at(sweep.composite, j),
+                ))
+    for sk in skipped:
+        labels.append(dict(common, feature=sk.feature, label=None, top_labels=[], failed=True,
+                           failure_reason=sk.reason, skipped=True))
+    current = [dict(keys, feature=row["feature"], labelled_at=labelled_at) for row in labels]
+    return {
+        "label": frame("label", labels),
+        "label_current": frame("label_current", current),
+        "explanation": frame("explanation", explanations),
+        "scale_metric": frame("scale_metric", metrics),
+    }
+
+
+def _at(values: Sequence[float], index: int) -> float | None:
+    return float(values[index]) if index < len(values) else None

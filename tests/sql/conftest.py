@@ -1,0 +1,52 @@
+"""Hand-built engine records and an in-memory warehouse for the SQL tests (no model, no Prefect)."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfexplain.results import Candidate, FeatureExplanation, SkippedFeature, Sweep
+from selfexplain.warehouse import MEMORY, Warehouse
+
+SCALES = [0.0, 10.0, 20.0, 30.0]
+
+
+def make_feature(feature: int, *, failed: bool = False, label: str = "a word") -> FeatureExplanation:
+    """A plausible FeatureExplanation with two meaning and one repeat candidate."""
+    meaning = [
+        Candidate("meaning", f"{label} {feature}", 20.0, 0, 0.9, 0.95, 0, True, {"agreement": 0.5}),
+        Candidate("meaning", f"something else {feature}", 10.0, 0, 0.4, 0.35, 1, False, {}),
+    ]
+    repeat = [Candidate("repeat", f"tok{feature}", 30.0, 0, 0.7, 0.7, 0, True, {})]
+    sweeps = [
+        Sweep(prompt, SCALES, [0.0, 0.02, 0.05, 0.03], [0.0, -0.1, -0.3, -0.2],
+              [1.0, 0.9, 0.8, 0.85], [0.0, 0.4, 1.0, 0.6])
+        for prompt in ("meaning", "repeat")
+    ]
+    return FeatureExplanation(
+        feature=feature, name=f"feature {feature}", explanations=meaning[:1],
+        recovered_token=f"tok{feature}", recovered_reliable=not failed, failed=failed,
+        failure_reason="max self-similarity 0.004 < 0.01" if failed else None,
+        max_selfsim=0.004 if failed else 0.05, max_selfsim_repeat=0.03,
+        candidates=meaning + repeat, sweeps=sweeps, seconds=1.5,
+    )
+
+
+def make_results(features=(0, 1, 2), failed=(2,), skipped=(3,)):
+    results = [make_feature(f, failed=f in failed) for f in features]
+    return results, [SkippedFeature(f, "decoder row is zero") for f in skipped]
+
+
+@pytest.fixture(name="make_feature")
+def make_feature_fixture():
+    return make_feature
+
+
+@pytest.fixture(name="make_results")
+def make_results_fixture():
+    return make_results
+
+
+@pytest.fixture
+def wh():
+    with Warehouse(MEMORY) as warehouse:
+        yield warehouse

@@ -1,0 +1,53 @@
+"""One writer: a second process gets a one-line 'in use by PID N' error; readers use the snapshot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from selfexplain.warehouse import Warehouse, WarehouseInUse, open_reader, snapshot_path
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from selfexplain.warehouse import Warehouse
+    wh = Warehouse(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.fixture
+def held(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with Warehouse(path) as wh:
+        wh.execute("INSERT INTO reference_label VALUES ('np', 'r', 's', 0, 'cats', NULL, NULL, "
+                   "NULL, NULL, now())")
+        wh.publish_snapshot()
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    yield path, proc
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def test_second_writer_gets_the_pid(held):
+    path, proc = held
+    with pytest.raises(WarehouseInUse) as info:
+        Warehouse(path)
+    assert info.value.pid == proc.pid
+    assert str(info.value).startswith(f"warehouse {path} is in use by PID {proc.pid}")
+    assert "\n" not in str(info.value)
+
+
+def test_reader_falls_back_to_the_snapshot(held):
+    path, proc = held
+    with open_reader(path, wait_s=0) as reader:
+        assert reader.path == str(snapshot_path(path))
+        assert f"PID {proc.pid}" in reader.note
+        assert reader.query("SELECT description FROM reference_label")["description"][0] == "cats"
+    with pytest.raises(WarehouseInUse):
+        open_reader(path, snapshot=False, wait_s=0)

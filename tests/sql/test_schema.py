@@ -1,0 +1,94 @@
+"""Every SQL file applies twice; migrations run forward once; foreign or newer files are refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from selfexplain.errors import WarehouseError
+from selfexplain.warehouse import MEMORY, Warehouse, default_sql_dir
+
+SQL = default_sql_dir()
+FILES = sorted((SQL / "tables").glob("*.sql")) + sorted((SQL / "views").glob("*.sql"))
+
+
+def test_every_file_applies_twice_in_order():
+    con = duckdb.connect()
+    for path in FILES:
+        con.execute(path.read_text())
+    for path in FILES:
+        con.execute(path.read_text())
+
+
+def test_reopen_is_idempotent(tmp_path):
+    path = tmp_path / "w.duckdb"
+    for _ in range(3):
+        with Warehouse(path) as wh:
+            wh.apply_schema()
+            versions = wh.query("SELECT version FROM schema_version").to_series().to_list()
+    assert versions == [0]
+    assert {"v_feature_labels", "v_scale_sweep", "v_failures", "v_runs", "v_saes"} <= set(wh_views(path))
+
+
+def wh_views(path: Path) -> list[str]:
+    with Warehouse(path, read_only=True) as wh:
+        return wh.views()
+
+
+def test_every_upsert_has_a_table_with_a_key(wh):
+    for path in sorted((SQL / "upserts").glob("*.sql")):
+        assert wh.primary_key(path.stem), path.name
+
+
+def test_forward_migration_runs_once(tmp_path):
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(SQL, sql_dir)
+    db = tmp_path / "w.duckdb"
+    with Warehouse(db, sql_dir=sql_dir):  # created at version 0 (no migrations yet)
+        pass
+    (sql_dir / "migrations").mkdir(exist_ok=True)
+    (sql_dir / "migrations" / "001_label_note.sql").write_text(
+        "ALTER TABLE label ADD COLUMN note VARCHAR;"
+    )
+    with Warehouse(db, sql_dir=sql_dir) as wh:
+        assert wh.schema_version() == 1
+        assert "note" in wh.query("SELECT * FROM label LIMIT 0").columns
+    with Warehouse(db, sql_dir=sql_dir) as wh:  # not applied again
+        assert wh.schema_version() == 1
+    # A fresh warehouse is created at the latest version without running the migration.
+    (sql_dir / "tables" / "010_label.sql").write_text(
+        (SQL / "tables" / "010_label.sql").read_text().replace(
+            "labelled_at         TIMESTAMPTZ NOT NULL,",
+            "labelled_at         TIMESTAMPTZ NOT NULL,\n    note VARCHAR,",
+        )
+    )
+    with Warehouse(MEMORY, sql_dir=sql_dir) as wh:
+        assert wh.schema_version() == 1
+    # An older selfexplain refuses a newer warehouse.
+    with pytest.raises(WarehouseError, match="newer than this selfexplain"):
+        Warehouse(db)
+
+
+def test_foreign_database_is_refused(tmp_path):
+    db = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE customers (id INTEGER)")
+    con.close()
+    with pytest.raises(WarehouseError, match="not a selfexplain warehouse"):
+        Warehouse(db)
+
+
+def test_broken_sql_file_names_the_file(tmp_path):
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(SQL, sql_dir)
+    (sql_dir / "views" / "999_v_broken.sql").write_text("CREATE OR REPLACE VIEW v AS SELECT nope;")
+    with pytest.raises(WarehouseError, match="999_v_broken.sql"):
+        Warehouse(MEMORY, sql_dir=sql_dir)
+
+
+def test_reader_of_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(WarehouseError, match="does not exist"):
+        Warehouse(tmp_path / "nope.duckdb", read_only=True)

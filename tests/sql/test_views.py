@@ -1,0 +1,78 @@
+"""The public views on hand-written rows: one current label per feature, history kept."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from selfexplain.warehouse import feature_rows, frame
+
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+T1 = T0 + dt.timedelta(hours=1)
+CONTRACT = ["release", "sae_id", "feature", "label", "recovered_token", "scale", "composite",
+            "max_selfsim", "failed", "failure_reason", "run_id", "labelled_at"]
+
+
+def rows(run_id, at, results, skipped=()):
+    return feature_rows(results, list(skipped), release="r", sae_id="s", run_id=run_id,
+                        model_id="m", model_revision="rev", preset="default",
+                        settings_hash="h", labelled_at=at)
+
+
+def test_feature_labels_contract_and_history(wh, make_feature, make_results):
+    results, skipped = make_results()
+    wh.write(rows("run1", T0, results, skipped))
+    view = wh.query("SELECT * FROM v_feature_labels ORDER BY feature")
+    assert view.columns[: len(CONTRACT)] == CONTRACT
+    assert view["feature"].to_list() == [0, 1, 2, 3]
+    assert view["label"].to_list() == ["a word 0", "a word 1", "a word 2", None]
+    assert view["failed"].to_list() == [False, False, True, True]
+    assert view["scale"].to_list()[:3] == [20.0, 20.0, 20.0]
+
+    # A later run relabels feature 1: it becomes current, the old label stays in history.
+    wh.write(rows("run2", T1, [make_feature(1, label="cats")]))
+    view = wh.query("SELECT feature, label, run_id FROM v_feature_labels ORDER BY feature")
+    assert view.height == 4
+    assert view.row(1) == (1, "cats 1", "run2")
+    assert wh.query("SELECT count(*) AS n FROM label WHERE feature = 1")["n"][0] == 2
+
+    # Replaying the older run (e.g. a late merge) does not demote the newer label.
+    wh.write(rows("run1", T0, results, skipped))
+    assert wh.query("SELECT run_id FROM v_feature_labels WHERE feature = 1")["run_id"][0] == "run2"
+
+
+def test_failures_sweep_and_explanations(wh, make_feature, make_results):
+    results, skipped = make_results()
+    wh.write(rows("run1", T0, results, skipped))
+    failures = wh.query("SELECT feature, kind FROM v_failures ORDER BY feature")
+    assert failures.rows() == [(2, "failed"), (3, "skipped")]
+    sweep = wh.query("SELECT * FROM v_scale_sweep WHERE feature = 0 AND prompt = 'meaning' "
+                     "ORDER BY scale_index")
+    assert sweep["scale"].to_list() == [0.0, 10.0, 20.0, 30.0]
+    assert sweep["is_current"].all()
+    chosen = wh.query("SELECT text FROM v_explanations WHERE feature = 0 AND chosen "
+                      "AND prompt = 'meaning'")
+    assert chosen["text"].to_list() == ["a word 0"]
+
+
+def test_runs_and_saes(wh, make_feature, make_results):
+    results, skipped = make_results()
+    wh.write(rows("run1", T0, results, skipped))
+    wh.write({
+        "run": frame("run", [dict(
+            run_id="run1", request_hash="q", model="default", release="r", sae_id="s",
+            preset="default", settings_hash="h", config_json="{}", features="0-3",
+            n_features=4, shard_size=4, status="running", started_at=T0)]),
+        "shard_done": frame("shard_done", [dict(
+            request_hash="q", shard_key="k", run_id="run1", release="r", sae_id="s",
+            features=[0, 1, 2, 3], n_features=4, n_labelled=3, n_failed=2, n_skipped=1,
+            done_at=T0 + dt.timedelta(seconds=30))]),
+        "sae": frame("sae", [
+            dict(release="r", sae_id="s", source="local", first_seen=T0, last_seen=T0),
+            dict(release="r", sae_id="gone", source="registry", first_seen=T0, last_seen=T0,
+                 removed_at=T1),
+        ]),
+    })
+    run = wh.query("SELECT status, shards_stored, features_stored, seconds FROM v_runs")
+    assert run.row(0) == ("running", 1, 4, 30.0)
+    saes = wh.query("SELECT sae_id, removed, n_labelled, n_failed FROM v_saes ORDER BY sae_id")
+    assert saes.rows() == [("gone", True, 0, 0), ("s", False, 3, 2)]
