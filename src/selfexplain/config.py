@@ -153,15 +153,16 @@ def parse_scales(text: str) -> tuple[float, ...]:
         if text.count(":") == 2:
             start, stop, num = text.split(":")
             count = int(num)
-            if count < 1 or count > 10_000:
-                raise InputError(f"scale grid {text!r}: count must be between 1 and 10000")
-            grid = linspace(float(start), float(stop), count)
+            grid = linspace(float(start), float(stop), count) if 1 <= count <= 10_000 else ()
         else:
+            count = 1
             grid = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise InputError(
             f"scale grid {text!r} is not a list like 0,10,20 or a range like 0:200:64"
         ) from None
+    if not 1 <= count <= 10_000:
+        raise InputError(f"scale grid {text!r}: count must be between 1 and 10000")
     try:
         return _check_grid(grid, f"scale grid {text!r}")
     except ValueError as err:

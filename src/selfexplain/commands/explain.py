@@ -1,0 +1,136 @@
+"""`selfexplain explain`: explain SAE features, vectors from a file, or planted words."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="explain SAE features, a vector file, or a word's planted direction",
+        description="Inject each direction at the placeholder, sweep the scale, sample and rank "
+        "explanations. Exactly one of --sae, --vector, --word.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sae", help="`default`, RELEASE/SAE_ID, a sae-lens folder, or a .safetensors with W_dec")
+    source.add_argument("--vector", help="a .npy/.pt/.safetensors file with a (d,) or (n, d) array")
+    source.add_argument("--word", action="append", help="a word whose own residual is explained "
+                        "(planted concept); repeat the flag for several, e.g. --word ' dog'")
+    parser.add_argument("--features", help="with --sae: indices like 0-7 or 12,40")
+    parser.add_argument("--key", help="with --vector: which tensor of a multi-tensor file")
+    add_config_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object per feature")
+    parser.add_argument("--full", action="store_true", help="with --json: every candidate and sweep")
+    parser.set_defaults(handler=run)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that builds an ExplainConfig."""
+    parser.add_argument("--model", default="default", help="`default`, a HF id or folder, or a .gguf file")
+    parser.add_argument("--preset", default="default", choices=["default", "faithful"])
+    parser.add_argument("--scales", help="metric grid: 0,10,20 or start:stop:count (in the preset's unit)")
+    parser.add_argument("--scale-unit", choices=["absolute", "relative"])
+    parser.add_argument("--samples", type=int, help="samples per generation scale")
+    parser.add_argument("--selection", choices=["composite", "selfsim", "entropy", "consensus"])
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--placeholder")
+    parser.add_argument("--injection-layer", type=int)
+    parser.add_argument("--probe-layer", type=int)
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--failure-threshold", type=float)
+
+
+def config_from_args(args: argparse.Namespace):
+    from selfexplain.config import ExplainConfig, parse_scales
+
+    return ExplainConfig.from_preset(
+        args.preset,
+        metric_scales=parse_scales(args.scales) if args.scales else None,
+        scale_unit=args.scale_unit,
+        samples_per_scale=args.samples,
+        selection=args.selection,
+        seed=args.seed,
+        placeholder=args.placeholder,
+        injection_layer=args.injection_layer,
+        probe_layer=args.probe_layer,
+        max_new_tokens=args.max_new_tokens,
+        failure_threshold=args.failure_threshold,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from selfexplain.errors import InputError
+
+    config = config_from_args(args)  # validate flags before the slow model load
+    if args.sae and not args.features:
+        raise InputError("--sae needs --features, e.g. --features 0-7")
+    if args.features and not args.sae:
+        raise InputError("--features only applies with --sae")
+    features = None
+    if args.sae:
+        from selfexplain.saes import parse_features
+
+        features = parse_features(args.features)
+
+    import torch
+    from tqdm import tqdm
+
+    from selfexplain.explain import SelfExplainer
+    from selfexplain.models import load_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    lm = load_model(args.model)
+    explainer = SelfExplainer(lm, config)
+    skipped = []
+    if args.sae:
+        from selfexplain.explain import explain_sae_features
+        from selfexplain.saes import load_sae
+
+        sae = load_sae(args.sae)
+        with tqdm(total=len(features), desc="features", unit="feat", file=sys.stderr,
+                  disable=len(features) < 2) as bar:
+            results, skipped = explain_sae_features(lm, sae, features, config,
+                                                    progress=bar.update, explainer=explainer)
+    else:
+        if args.vector:
+            from selfexplain.vectors import load_vectors
+
+            directions = load_vectors(args.vector, args.key)
+            names = [f"{args.vector}[{i}]" for i in range(directions.shape[0])]
+        else:
+            from selfexplain.vectors import word_directions
+
+            directions = word_directions(lm, args.word, config.injection_layer)
+            names = list(args.word)
+        if directions.shape[1] != lm.d_model:
+            raise InputError(
+                f"vectors have width {directions.shape[1]} but the model's residual is {lm.d_model}"
+            )
+        with tqdm(total=len(names), desc="directions", file=sys.stderr,
+                  disable=len(names) < 2) as bar:
+            results = explainer.explain(directions, list(range(len(names))), names, bar.update)
+    for skip in skipped:
+        print(f"skipped feature {skip.feature}: {skip.reason}", file=sys.stderr)
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_dict(full=args.full)))
+        else:
+            print(format_result(result))
+    return 0
+
+
+def format_result(result) -> str:
+    """A few human lines per feature: top explanations, recovered token, failure flag."""
+    status = f"FAILED ({result.failure_reason})" if result.failed else "ok"
+    lines = [f"{result.name}  [{status}, max selfsim {result.max_selfsim:.3f}, "
+             f"{result.seconds:.1f}s]"]
+    for i, cand in enumerate(result.explanations, 1):
+        lines.append(f"  {i}. {cand.text!r}  (scale {cand.scale:.1f}, composite {cand.composite:.3f})")
+    if not result.explanations:
+        lines.append("  (no non-empty explanation sampled)")
+    reliable = "reliable" if result.recovered_reliable else "unreliable"
+    lines.append(f"  token: {result.recovered_token!r} ({reliable})")
+    return "\n".join(lines)

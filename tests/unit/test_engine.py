@@ -1,0 +1,97 @@
+"""The engine end to end on tiny models: shapes, reproducibility, presets, flags, bad input."""
+
+import pytest
+import torch
+
+from selfexplain.config import ExplainConfig
+from selfexplain.errors import InputError, SaeLoadError
+from selfexplain.explain import SelfExplainer, explain_directions, explain_sae_features
+from selfexplain.saes import load_sae
+
+
+def _config(**overrides):
+    base = dict(max_new_tokens=6, batch_rows=16, metric_scales=(0.0, 0.5, 1.0, 2.0), top_scales=2,
+                samples_per_scale=2, min_scale=0.4)
+    base.update(overrides)
+    return ExplainConfig.from_preset("default", **base)
+
+
+def test_explain_returns_ranked_candidates_for_every_family(tiny_lm_any):
+    directions = torch.randn(3, tiny_lm_any.d_model)
+    explainer = SelfExplainer(tiny_lm_any, _config())
+    results = explainer.explain(directions, [0, 1, 2])
+    assert [r.feature for r in results] == [0, 1, 2]
+    for r in results:
+        meaning = [c for c in r.candidates if c.prompt == "meaning"]
+        repeat = [c for c in r.candidates if c.prompt == "repeat"]
+        assert len(meaning) == 4 and len(repeat) == 4  # 2 best scales x 2 samples
+        assert sorted(c.rank for c in meaning) == list(range(4))
+        assert len(r.explanations) <= 3
+        assert all(c.chosen for c in r.explanations)
+        # explanations come best first by score, and only from eligible scales
+        scores = [c.score for c in r.explanations]
+        assert scores == sorted(scores, reverse=True)
+        assert all(c.scale >= explainer.min_scale for c in r.explanations)
+        assert r.failed == (r.max_selfsim < 0.01)
+        assert len(r.sweeps) == 2 and len(r.sweeps[0].scales) == 4
+
+
+def test_sampling_is_reproducible_and_independent_of_batching(tiny_lm):
+    directions = torch.randn(4, tiny_lm.d_model)
+    together = explain_directions(tiny_lm, directions, _config(seed=3), features=[10, 11, 12, 13])
+    alone = explain_directions(tiny_lm, directions[2:3], _config(seed=3, batch_rows=4), features=[12])
+    texts = lambda r: [(c.prompt, c.scale, c.sample, c.text) for c in r.candidates]  # noqa: E731
+    assert texts(together[2]) == texts(alone[0])
+    other_seed = explain_directions(tiny_lm, directions[2:3], _config(seed=4), features=[12])
+    assert texts(other_seed[0]) != texts(alone[0])
+
+
+def test_faithful_preset_samples_every_generation_scale(tiny_lm):
+    config = ExplainConfig.from_preset("faithful", max_new_tokens=3, batch_rows=64)
+    assert len(config.metric_scales) == 64 and config.metric_scales[-1] == 200.0
+    result = explain_directions(tiny_lm, torch.randn(1, tiny_lm.d_model), config)[0]
+    meaning = [c for c in result.candidates if c.prompt == "meaning"]
+    assert len(meaning) == 32
+    # scales under 10 never win: every chosen explanation was sampled at scale >= 10
+    assert all(c.scale >= 10.0 for c in result.explanations)
+
+
+def test_failure_threshold_flags(tiny_lm):
+    directions = torch.randn(2, tiny_lm.d_model)
+    high = explain_directions(tiny_lm, directions, _config(failure_threshold=10.0))
+    assert all(r.failed and "threshold" in r.failure_reason for r in high)
+    low = explain_directions(tiny_lm, directions, _config(failure_threshold=-10.0))
+    assert not any(r.failed for r in low)
+
+
+def test_sae_features_skip_nan_and_zero_rows(tmp_path, tiny_lm):
+    from tests.conftest import write_sae_folder
+
+    decoder = torch.randn(8, tiny_lm.d_model)
+    decoder[3] = float("nan")
+    decoder[5] = 0.0
+    sae = load_sae(str(write_sae_folder(tmp_path / "sae", tiny_lm.d_model, 8, decoder=decoder)))
+    results, skipped = explain_sae_features(tiny_lm, sae, [2, 3, 4, 5], _config())
+    assert [r.feature for r in results] == [2, 4]
+    assert {s.feature: s.reason for s in skipped} == {
+        3: "decoder row contains NaN or infinity", 5: "decoder row is zero"}
+
+
+def test_sae_width_mismatch_is_refused(tmp_path, tiny_lm):
+    from tests.conftest import write_sae_folder
+
+    sae = load_sae(str(write_sae_folder(tmp_path / "wide", tiny_lm.d_model + 8, 4)))
+    with pytest.raises(SaeLoadError, match="width 40 but the model's residual stream is 32"):
+        explain_sae_features(tiny_lm, sae, [0], _config())
+
+
+def test_layers_out_of_range_are_refused(tiny_lm):
+    with pytest.raises(InputError, match="injection layer 9"):
+        SelfExplainer(tiny_lm, _config(injection_layer=9, probe_layer=10))
+    with pytest.raises(InputError, match="probe layer 7"):
+        SelfExplainer(tiny_lm, _config(probe_layer=7))
+
+
+def test_directions_of_wrong_width_are_refused(tiny_lm):
+    with pytest.raises(InputError, match="expected"):
+        explain_directions(tiny_lm, torch.randn(2, tiny_lm.d_model + 1), _config())
