@@ -6,7 +6,6 @@ SELECT
     m.sae_id,
     m.feature,
     m.prompt,
-    m.scale_index,
     m.scale,
     m.selfsim,
     m.entropy,

@@ -357,7 +357,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     },
     "scale_metric": {
         "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
-        "prompt": pl.String, "scale_index": pl.Int32, "scale": pl.Float64, "selfsim": pl.Float64,
+        "prompt": pl.String, "scale": pl.Float64, "selfsim": pl.Float64,
         "entropy": pl.Float64, "crossent": pl.Float64, "composite": pl.Float64,
     },
     "shard_done": {
@@ -442,7 +442,7 @@ def feature_rows(results: Sequence[FeatureExplanation], skipped: Sequence[Skippe
         for sweep in fe.sweeps:
             for j, scale in enumerate(sweep.scales):
                 metrics.append(dict(
-                    keys, feature=fe.feature, prompt=sweep.prompt, scale_index=j, scale=scale,
+                    keys, feature=fe.feature, prompt=sweep.prompt, scale=float(scale),
                     selfsim=_at(sweep.selfsim, j), entropy=_at(sweep.entropy, j),
                     crossent=_at(sweep.crossent, j), composite=_at(sweep.composite, j),
                 ))

@@ -46,7 +46,7 @@ def test_failures_sweep_and_explanations(wh, make_feature, make_results):
     failures = wh.query("SELECT feature, kind FROM v_failures ORDER BY feature")
     assert failures.rows() == [(2, "failed"), (3, "skipped")]
     sweep = wh.query("SELECT * FROM v_scale_sweep WHERE feature = 0 AND prompt = 'meaning' "
-                     "ORDER BY scale_index")
+                     "ORDER BY scale")
     assert sweep["scale"].to_list() == [0.0, 10.0, 20.0, 30.0]
     assert sweep["is_current"].all()
     chosen = wh.query("SELECT text FROM v_explanations WHERE feature = 0 AND chosen "

@@ -1,0 +1,162 @@
+"""`relabel`: label the features of one SAE with one model, shard by shard, into the warehouse.
+
+The flow only composes: load the SAE (ids out), find the shards already stored for this request,
+explain the rest one shard per task, hand each shard's rows to the single writer, then publish a
+snapshot and the monitoring artifacts. A rerun of the same request skips stored shards; a run
+killed midway resumes where it stopped (its unfinished shard is redone).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+
+import polars as pl
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from selfexplain.saes import check_features
+from selfexplain.warehouse import frame, utc_now
+from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
+from tasks.explain import ShardRows, explain_shard
+from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
+from tasks.sae import load_sae_info
+from tasks.store import (
+    mark_interrupted,
+    publish_snapshot,
+    read_labels,
+    stored_features,
+    write_parquet,
+    write_rows,
+)
+
+
+def labels_query(release: str, sae_id: str) -> str:
+    """A ready-to-paste query for the user (printed, never executed with these literals)."""
+    quote = lambda s: "'" + s.replace("'", "''") + "'"  # noqa: E731
+    return ("SELECT feature, label, recovered_token, scale, composite, failed "
+            f"FROM v_feature_labels WHERE release = {quote(release)} "
+            f"AND sae_id = {quote(sae_id)} ORDER BY feature")
+
+
+def sae_frame(sae: SaeInfo) -> pl.DataFrame:
+    now = utc_now()
+    return frame("sae", [dict(release=sae.release, sae_id=sae.sae_id, source=sae.source,
+                              model_id=sae.model_id, hook_name=sae.hook_name,
+                              resid_layer=sae.resid_layer, d_sae=sae.d_sae, d_model=sae.d_model,
+                              path=sae.path, first_seen=now, last_seen=now)])
+
+
+def run_frame(request: RelabelRequest, sae: SaeInfo, run_id: str, request_hash: str,
+              n_features: int, started_at, **facts: object) -> pl.DataFrame:
+    config = request.config()
+    return frame("run", [dict(
+        run_id=run_id, request_hash=request_hash, model=request.model, release=sae.release,
+        sae_id=sae.sae_id, preset=config.preset, settings_hash=config.settings_hash(),
+        config_json=config.model_dump_json(),
+        features="all" if request.all_features else request.features, n_features=n_features,
+        shard_size=request.shard_size, started_at=started_at, **facts,
+    )])
+
+
+@flow(name="relabel", log_prints=True)
+def relabel(request: RelabelRequest) -> dict[str, object]:
+    """Relabel the requested features of one SAE; returns a summary of the run."""
+    log = get_run_logger()
+    run_id = flow_run.id or str(uuid.uuid4())
+    started_at, began = utc_now(), time.perf_counter()
+    sae = load_sae_info(request.sae)
+    features = request.feature_list(sae.d_sae)
+    check_features(features, sae.d_sae)
+    request_hash = request.request_hash(sae.release, sae.sae_id)
+    parquet = request.out_dir is not None
+
+    def record(frames: dict[str, pl.DataFrame], name: str) -> None:
+        if parquet:
+            write_parquet(request.out_dir, request_hash, name, frames)
+        else:
+            write_rows(request.warehouse, frames)
+
+    def run_row(**facts: object) -> dict[str, pl.DataFrame]:
+        return {"sae": sae_frame(sae), "run": run_frame(request, sae, run_id, request_hash,
+                                                        len(features), started_at, **facts)}
+
+    done = set(stored_features(request.warehouse, request_hash, request.out_dir))
+    todo = [f for f in features if f not in done]
+    shards = split_shards(todo, request.shard_size)
+    n_shards_skipped = len(split_shards([f for f in features if f in done], request.shard_size))
+    print(f"relabel {sae.release}/{sae.sae_id}: {len(features)} features, {len(shards)} shards "
+          f"to run, {len(features) - len(todo)} features already stored for request "
+          f"{request_hash}")
+    if not shards:
+        print(f"nothing to do: all {len(features)} features are stored for request "
+              f"{request_hash}; change the settings or the seed to label them again")
+    elif not parquet:
+        mark_interrupted(request.warehouse, request_hash, run_id)
+    if shards:
+        record(run_row(status="running", n_shards=len(shards), n_shards_skipped=n_shards_skipped),
+               f"run-{run_id}")
+
+    progress = start_progress(artifact_key("relabel", sae.release, sae.sae_id), len(shards))
+    totals = dict(n_labelled=0, n_failed=0, n_skipped=0)
+    model_ids: dict[str, str] = {}
+    collected: list[ShardRows] = []
+    pending: deque = deque()
+    queue = deque(shards)
+    finished = 0
+    try:
+        while queue or pending:
+            while queue and len(pending) < request.workers:
+                part = queue.popleft()
+                key = shard_key(part)
+                pending.append(explain_shard.submit(request, sae, part, key, run_id,
+                                                    request_hash))
+            rows: ShardRows = pending.popleft().result()
+            record(rows.frames, f"shard-{rows.key}")
+            finished += 1
+            for name in totals:
+                totals[name] += getattr(rows, name)
+            model_ids = {"model_id": rows.model_id, "model_revision": rows.model_revision}
+            if parquet:
+                collected.append(rows)
+            update_progress(progress, finished, len(shards))
+            print(f"shard {finished}/{len(shards)} (features {rows.features[0]}-"
+                  f"{rows.features[-1]}): {rows.n_labelled} labelled, {rows.n_failed} failed, "
+                  f"{rows.n_skipped} skipped in {rows.seconds:.1f} s")
+    except BaseException as err:
+        message = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        try:
+            record(run_row(status="failed", error=message, finished_at=utc_now(), **model_ids),
+                   f"run-{run_id}")
+        except Exception as inner:  # the writer may be the thing that failed
+            log.warning(f"could not record the failure of run {run_id}: {inner}")
+        raise
+
+    seconds = time.perf_counter() - began
+    if shards:  # a run with nothing to do leaves no rows behind
+        record(run_row(status="completed", finished_at=utc_now(), n_shards=len(shards),
+                       n_shards_skipped=n_shards_skipped, **totals, **model_ids),
+               f"run-{run_id}")
+    summary: dict[str, object] = dict(
+        run_id=run_id, release=sae.release, sae_id=sae.sae_id, model=request.model,
+        preset=request.preset, request_hash=request_hash, n_features=len(features),
+        n_shards=len(shards), n_shards_skipped=n_shards_skipped, **totals, **model_ids,
+        seconds=round(seconds, 1),
+    )
+    if parquet:
+        summary["out_dir"] = request.out_dir
+        labels = pl.concat([r.frames["label"] for r in collected]) if collected else pl.DataFrame(
+            schema={"feature": pl.Int32, "failed": pl.Boolean, "skipped": pl.Boolean})
+        shown = labels.filter(~pl.col("skipped"))["feature"].head(4).to_list()
+        sweeps = (pl.concat([r.frames["scale_metric"] for r in collected])
+                  .filter(pl.col("feature").is_in(shown)) if collected else pl.DataFrame())
+        plot_dir = request.out_dir
+    else:
+        summary["warehouse"] = request.warehouse
+        summary["query"] = labels_query(sae.release, sae.sae_id)
+        summary["snapshot"] = publish_snapshot(request.warehouse) if shards else None
+        labels, sweeps = read_labels(request.warehouse, sae.release, sae.sae_id, features)
+        plot_dir = f"{request.warehouse}.artifacts"
+    summary["png"] = publish_artifacts(summary, labels, sweeps, plot_dir)["png"]
+    return summary

@@ -1,0 +1,126 @@
+"""The one validated request of a relabel run, and the small records that cross task boundaries.
+
+Built once at the edge (CLI flags, deployment parameters, a new-SAE event) and passed down
+unchanged: defaults live here only. No Prefect import, so the CLI can build it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from selfexplain.config import ExplainConfig, Preset, parse_scales
+from selfexplain.errors import InputError
+from selfexplain.saes import parse_features
+from selfexplain.warehouse import DEFAULT_WAREHOUSE
+
+
+class RelabelRequest(BaseModel):
+    """Relabel `features` of one SAE with one model and one engine configuration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = "default"
+    """`default` (embedded SmolLM2), a HF folder or id, or a .gguf file."""
+    sae: str = "default"
+    """`default`, RELEASE/SAE_ID, a sae-lens folder, or a .safetensors file with W_dec."""
+    features: str = "0-15"
+    """Indices like `0-15` or `0-3,40`; ignored with all_features."""
+    all_features: bool = False
+    """Every latent of the SAE (0..d_sae-1)."""
+    preset: Preset = "default"
+    scales: str | None = None
+    """Metric scale grid override: `0,10,20` or `start:stop:count`, in the preset's unit."""
+    samples: int | None = Field(None, ge=1)
+    """Samples per generation scale (override)."""
+    seed: int | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Any other ExplainConfig field, e.g. {"max_new_tokens": 24}."""
+    warehouse: str = DEFAULT_WAREHOUSE
+    shard_size: int = Field(8, ge=1, le=1_000_000)
+    """Features per shard: one task (one model load at most) per shard, never one per feature."""
+    workers: int = Field(1, ge=1, le=64)
+    """Shards explained at once in this process (threads); keep 1 on a small CPU machine."""
+    out_dir: str | None = None
+    """Parquet mode: shards write Parquet under this folder and the warehouse is not written;
+    `flows/merge.py` upserts them later (scale-out)."""
+
+    @model_validator(mode="after")
+    def _valid(self) -> "RelabelRequest":
+        if not self.all_features:
+            parse_features(self.features)
+        self.config()
+        return self
+
+    @classmethod
+    def build(cls, **fields: Any) -> "RelabelRequest":
+        """Validate, turning pydantic's report into one InputError line."""
+        try:
+            return cls(**{k: v for k, v in fields.items() if v is not None})
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "request"
+            message = str(first.get("ctx", {}).get("error") or first["msg"])
+            raise InputError(f"invalid {where}: {message}") from None
+
+    def config(self) -> ExplainConfig:
+        """The engine configuration: the preset with this request's overrides."""
+        return ExplainConfig.from_preset(
+            self.preset,
+            **{
+                **self.overrides,
+                "metric_scales": parse_scales(self.scales) if self.scales else None,
+                "samples_per_scale": self.samples,
+                "seed": self.seed,
+            },
+        )
+
+    def feature_list(self, d_sae: int) -> list[int]:
+        return list(range(d_sae)) if self.all_features else parse_features(self.features)
+
+    def request_hash(self, release: str, sae_id: str) -> str:
+        """Same model + SAE + settings = same hash: shards stored under it are not recomputed."""
+        key = {"model": self.model, "release": release, "sae_id": sae_id,
+               "settings": self.config().settings_hash()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SaeInfo(BaseModel):
+    """The ids and shape of a loaded SAE: what crosses task boundaries instead of its weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: str
+    release: str
+    sae_id: str
+    source: str
+    d_sae: int
+    d_model: int
+    hook_name: str | None = None
+    resid_layer: int | None = None
+    model_id: str | None = None
+    path: str | None = None
+
+
+def shard_key(features: list[int]) -> str:
+    """`<first>-<last>-<hash>`: names a shard by its exact feature list."""
+    digest = hashlib.sha256(",".join(map(str, features)).encode()).hexdigest()[:8]
+    return f"{features[0]}-{features[-1]}-{digest}"
+
+
+def split_shards(features: list[int], size: int) -> list[list[int]]:
+    return [features[i:i + size] for i in range(0, len(features), size)]
+
+
+def compact(features: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> `0-2,5,7-8` (the form parse_features reads)."""
+    parts: list[tuple[int, int]] = []
+    for f in sorted(features):
+        if parts and parts[-1][1] == f - 1:
+            parts[-1] = (parts[-1][0], f)
+        else:
+            parts.append((f, f))
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)

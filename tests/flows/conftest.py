@@ -1,0 +1,41 @@
+"""One Prefect test server for the whole session, a private PREFECT_HOME, and a tiny model saved
+as a folder (flows pass model ids, not tensors, so the model must be loadable by path)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before Prefect is imported anywhere: keep its home (profiles, local result storage, logs) out of
+# the user's ~/.prefect.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="selfexplain-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import pytest  # noqa: E402
+
+FAST = {"max_new_tokens": 4, "batch_rows": 32, "top_scales": 1, "min_scale": 0.4}
+"""Engine overrides that keep a tiny-model run to a second or two."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_lm) -> str:
+    """The session's tiny Llama saved with save_pretrained (model + tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    tiny_lm.model.save_pretrained(path)
+    tiny_lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def fast():
+    return dict(FAST)
