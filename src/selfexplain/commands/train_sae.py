@@ -1,0 +1,71 @@
+"""`selfexplain train-sae`: train a TopK SAE on a local corpus and write a sae-lens folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train-sae",
+        help="train a TopK SAE on the residual entering one block (plus feature statistics)",
+        description="Collect residual activations entering --layer from a local corpus (build "
+        "one with `python scripts/build_corpus.py`), train a TopK SAE, and write a sae-lens "
+        "folder (cfg.json, sae_weights.safetensors, feature_stats.parquet) atomically.",
+    )
+    parser.add_argument("--model", default="default", help="`default`, a HF folder, or a .gguf file")
+    parser.add_argument("--corpus", default="corpus", type=Path, help="folder of .txt files")
+    parser.add_argument("--out", required=True, type=Path, help="the SAE folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--layer", type=int, help="residual entering this block (default 3)")
+    parser.add_argument("--width", type=int, help="latents (default 4096)")
+    parser.add_argument("--k", type=int, help="active latents per token (default 32)")
+    parser.add_argument("--tokens", type=int, help="training activations (default 1000000)")
+    parser.add_argument("--heldout-tokens", type=int, help="held-out activations (default 100000)")
+    parser.add_argument("--context", type=int, help="tokens per window (default 128)")
+    parser.add_argument("--batch-tokens", type=int, help="activations per step (default 4096)")
+    parser.add_argument("--epochs", type=int, help="passes over the activations (default 1)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4*sqrt(16384/width))")
+    parser.add_argument("--collect-dtype", choices=["float32", "bfloat16"],
+                        help="model precision while collecting training activations (default bfloat16)")
+    parser.add_argument("--seed", type=int, help="default 0")
+    parser.add_argument("--no-stats", action="store_true", help="skip feature_stats.parquet")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from selfexplain.corpus import corpus_files
+    from selfexplain.errors import InputError
+    from selfexplain.train_sae import TrainSaeConfig
+
+    config = TrainSaeConfig.build(
+        layer=args.layer, width=args.width, k=args.k, tokens=args.tokens,
+        heldout_tokens=args.heldout_tokens, context=args.context, batch_tokens=args.batch_tokens,
+        epochs=args.epochs, lr=args.lr, collect_dtype=args.collect_dtype, seed=args.seed,
+    )
+    corpus_files(args.corpus)  # fail before the slow model load
+    out = args.out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise InputError(f"{out} already exists and is not empty: pass --overwrite or a new --out")
+
+    from selfexplain.models import load_model
+    from selfexplain.stats import stats_from_activations, write_feature_stats
+    from selfexplain.train_sae import train_sae
+
+    lm = load_model(args.model)
+    trained = train_sae(lm, args.corpus, config, out, overwrite=args.overwrite)
+    report = trained.report._asdict()
+    if not args.no_stats and trained.heldout.shape[0] > 0:
+        from sae_lens import SAE
+
+        frame = stats_from_activations(lm, SAE.load_from_disk(str(out)), trained.heldout_windows,
+                                       trained.heldout)
+        write_feature_stats(frame, out)
+        alive = frame.filter(frame["density"] > 0)
+        report["single_token_fraction"] = float(alive["single_token"].mean()) if alive.height else 0.0
+    print(json.dumps(report))
+    return 0

@@ -1,0 +1,249 @@
+"""Feature statistics over held-out text: what a user looks at next to a feature's label.
+
+One row per SAE latent (see `SCHEMA`): activation density, mean and max activation, the top
+activating contexts with the token marked `«like this»`, the tokens carrying most of the
+activation, a single-token flag, and the VocabProj tokens of the decoder direction. Evaluation uses
+the single-token flag and the top token as ground truth for token recovery.
+
+The core (`feature_stats`) takes plain tensors of (token, feature, activation) triples so that a
+planted dataset tests it exactly; `compute_feature_stats` runs a model and an SAE to produce them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from selfexplain.errors import InputError, SaeLoadError
+from selfexplain.models import LoadedModel
+
+STATS_FILE = "feature_stats.parquet"
+N_CONTEXTS = 20
+"""Top activating contexts kept per feature."""
+N_TOP_TOKENS = 10
+N_VOCABPROJ = 10
+CONTEXT_LEFT = 12
+"""Tokens shown before the activating token."""
+CONTEXT_RIGHT = 4
+SINGLE_TOKEN_SHARE = 0.5
+SINGLE_TOKEN_MIN_FIRINGS = 5
+"""Single-token rule: a feature is `single_token` when one token id carries at least
+SINGLE_TOKEN_SHARE of its total activation mass on the held-out text and it fired at least
+SINGLE_TOKEN_MIN_FIRINGS times (so a feature seen twice is not called single-token by accident)."""
+
+SCHEMA = {
+    "feature": pl.Int64,
+    "density": pl.Float64,
+    "mean_activation": pl.Float64,
+    "max_activation": pl.Float64,
+    "top_tokens": pl.List(pl.String),
+    "top_token_share": pl.Float64,
+    "single_token": pl.Boolean,
+    "vocabproj_tokens": pl.List(pl.String),
+    "top_contexts": pl.List(pl.Struct({"text": pl.String, "activation": pl.Float64})),
+}
+"""`density`: fraction of held-out tokens where the feature is active (> 0). `mean_activation`:
+mean over the tokens where it is active (0 for a dead feature). `top_token_share`: share of the
+feature's activation mass on its top token (0 for a dead feature)."""
+
+
+def _grouped(features: Tensor, keys: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """Order entries by feature, then by `keys` descending (stable); and each feature's offset."""
+    order = torch.sort(keys, descending=True, stable=True).indices
+    order = order[torch.sort(features[order], stable=True).indices]
+    counts = torch.bincount(features, minlength=d)
+    return order, torch.cumsum(counts, 0) - counts
+
+
+def feature_stats(windows: Tensor, token_index: Tensor, features: Tensor, values: Tensor, *,
+                  d_sae: int, n_tokens: int, decode: Callable[[list[int]], str],
+                  vocabproj: list[list[str]] | None = None) -> pl.DataFrame:
+    """Statistics of every feature from sparse activations.
+
+    windows: (n_seq, seq_len) token ids of the held-out text.
+    token_index, features, values: (nnz,) each: a flat index into `windows`, the feature, and its
+      activation; entries with value <= 0 are ignored.
+    n_tokens: tokens that were encoded (the density denominator; e.g. position 0 excluded).
+    decode: token ids -> text.  vocabproj: per feature, its VocabProj tokens (or None).
+    """
+    if n_tokens <= 0:
+        raise InputError("feature statistics need at least one held-out token")
+    if vocabproj is not None and len(vocabproj) != d_sae:
+        raise InputError(f"vocabproj has {len(vocabproj)} rows for {d_sae} features")
+    keep = values > 0
+    canonical = torch.argsort(token_index[keep], stable=True)  # ties resolve by text position
+    index, feats, vals = (t[keep][canonical] for t in (token_index, features, values))
+    feats = feats.long()
+    vals = vals.double()
+    counts = torch.bincount(feats, minlength=d_sae)  # (d_sae,)
+    sums = torch.zeros(d_sae, dtype=torch.float64).index_add_(0, feats, vals)
+    maxes = torch.zeros(d_sae, dtype=torch.float64).scatter_reduce_(0, feats, vals, "amax")
+    flat = windows.reshape(-1)
+    seq_len = windows.shape[1]
+    texts = windows.tolist()
+
+    order, offsets = _grouped(feats, vals, d_sae)  # activations, best first within each feature
+    token_ids = flat[index]
+    vocab = int(flat.max()) + 1 if flat.numel() else 1
+    pair_keys, pair_inverse = torch.unique(feats * vocab + token_ids, return_inverse=True)
+    pair_sums = torch.zeros(len(pair_keys), dtype=torch.float64).index_add_(0, pair_inverse, vals)
+    pair_feats = pair_keys // vocab
+    pair_order, pair_offsets = _grouped(pair_feats, pair_sums, d_sae)
+    pair_counts = torch.bincount(pair_feats, minlength=d_sae).tolist()
+    offsets, pair_offsets = offsets.tolist(), pair_offsets.tolist()
+    index_list, order_list, pair_order_list = index.tolist(), order.tolist(), pair_order.tolist()
+
+    rows: dict[str, list] = {name: [] for name in SCHEMA}
+    for f in range(d_sae):
+        n_f = int(counts[f])
+        contexts = []
+        for j in order_list[offsets[f]: offsets[f] + min(N_CONTEXTS, n_f)]:
+            seq, pos = divmod(index_list[j], seq_len)
+            row = texts[seq]
+            text = (decode(row[max(0, pos - CONTEXT_LEFT):pos]) + "«" + decode([row[pos]]) + "»"
+                    + decode(row[pos + 1:pos + 1 + CONTEXT_RIGHT]))
+            contexts.append({"text": text, "activation": float(vals[j])})
+        tops = pair_order_list[pair_offsets[f]: pair_offsets[f] + min(N_TOP_TOKENS, pair_counts[f])]
+        top_tokens = [decode([int(pair_keys[p] % vocab)]) for p in tops]
+        share = float(pair_sums[tops[0]] / sums[f]) if tops and sums[f] > 0 else 0.0
+        rows["feature"].append(f)
+        rows["density"].append(n_f / n_tokens)
+        rows["mean_activation"].append(float(sums[f] / n_f) if n_f else 0.0)
+        rows["max_activation"].append(float(maxes[f]))
+        rows["top_tokens"].append(top_tokens)
+        rows["top_token_share"].append(share)
+        rows["single_token"].append(share >= SINGLE_TOKEN_SHARE and n_f >= SINGLE_TOKEN_MIN_FIRINGS)
+        rows["vocabproj_tokens"].append(list(vocabproj[f]) if vocabproj is not None else [])
+        rows["top_contexts"].append(contexts)
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def final_norm_gain(lm: LoadedModel) -> Tensor | None:
+    """Elementwise gain of the final norm before the unembedding (Gemma stores it as 1 + w)."""
+    inner = getattr(lm.model, "model", None)
+    norm = getattr(inner, "norm", None)
+    weight = getattr(norm, "weight", None)
+    if weight is None:
+        return None
+    weight = weight.detach().float()
+    return 1.0 + weight if lm.family == "gemma" else weight
+
+
+@torch.inference_mode()
+def vocab_projection(lm: LoadedModel, directions: Tensor, *, top: int = N_VOCABPROJ,
+                     batch: int = 512) -> list[list[str]]:
+    """VocabProj: top tokens of unembed(gain * d) for each direction (n, d_model) (logit lens)."""
+    unembed = lm.model.get_output_embeddings().weight.detach().float()  # (vocab, d_model)
+    gain = final_norm_gain(lm)
+    out: list[list[str]] = []
+    for start in range(0, directions.shape[0], batch):
+        d = directions[start:start + batch].float().to(unembed.device)  # (b, d_model)
+        if gain is not None:
+            d = d * gain.to(d.device)
+        ids = (d @ unembed.T).topk(min(top, unembed.shape[0]), dim=-1).indices  # (b, top)
+        out.extend([[lm.tokenizer.decode([t]) for t in row] for row in ids.tolist()])
+    return out
+
+
+def compute_feature_stats(lm: LoadedModel, sae_dir: Path, corpus_dir: Path, *,
+                          tokens: int = 100_000, batch: int = 4096) -> pl.DataFrame:
+    """Statistics of a sae-lens SAE folder over held-out documents of a corpus folder.
+
+    The held-out documents are those `train_sae` held out (same seed and context length, read
+    from the SAE's cfg.json when it was trained here), so the statistics describe unseen text.
+    """
+    from sae_lens import SAE
+
+    from selfexplain.corpus import token_chunks
+    from selfexplain.saes import resid_layer_of
+    from selfexplain.train_sae import collect_activations
+
+    sae_dir = Path(sae_dir)
+    try:
+        cfg = json.loads((sae_dir / "cfg.json").read_text())
+        sae = SAE.load_from_disk(str(sae_dir), device="cpu")
+    except (OSError, ValueError, KeyError) as err:
+        raise SaeLoadError(f"cannot load SAE folder {sae_dir}: {err}") from None
+    meta = cfg.get("metadata", {})
+    layer = resid_layer_of(meta.get("hook_name"))
+    if layer is None:
+        raise SaeLoadError(f"{sae_dir}/cfg.json has no residual hook_name: cannot collect its input")
+    training = meta.get("selfexplain_training", {})
+    context = int(training.get("context") or meta.get("context_size") or 128)
+    split = token_chunks(corpus_dir, lm.tokenizer, context=context, train_windows=0,
+                         heldout_windows=-(-tokens // (context - 1)),
+                         seed=int(training.get("seed", 0)))
+    if len(split.heldout) == 0:
+        raise InputError(f"corpus {corpus_dir} has no held-out documents to compute statistics on")
+    acts = collect_activations(lm, split.heldout, [layer], desc="collect held-out")[layer]
+    return stats_from_activations(lm, sae, split.heldout, acts, batch=batch)
+
+
+@torch.inference_mode()
+def stats_from_activations(lm: LoadedModel, sae, windows: Tensor, acts: Tensor, *,
+                           batch: int = 4096) -> pl.DataFrame:
+    """Encode `acts` ((n_seq * (seq_len - 1), d_in), position 0 of each window dropped) and
+    compute the statistics; `sae` is a sae_lens SAE (any architecture)."""
+    seq_len = windows.shape[1]
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    for start in tqdm(range(0, acts.shape[0], batch), desc="encode", unit="batch", leave=False):
+        codes = sae.encode(acts[start:start + batch].float())  # (b, d_sae)
+        rows, feats = torch.nonzero(codes > 0, as_tuple=True)
+        row = rows + start  # activation row -> window, position (position 0 was dropped)
+        flat = (row // (seq_len - 1)) * seq_len + row % (seq_len - 1) + 1
+        parts.append((flat, feats, codes[rows, feats].float()))
+    index, feats, vals = (torch.cat(t) for t in zip(*parts))
+    d_sae = int(sae.cfg.d_sae)
+    directions = sae.W_dec.detach().float()
+    directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return feature_stats(
+        windows, index, feats, vals, d_sae=d_sae, n_tokens=int(acts.shape[0]),
+        decode=lambda ids: lm.tokenizer.decode(ids), vocabproj=vocab_projection(lm, directions),
+    )
+
+
+def write_feature_stats(frame: pl.DataFrame, sae_dir: Path) -> Path:
+    """Write `feature_stats.parquet` into an SAE folder atomically (temp file, then rename)."""
+    target = Path(sae_dir) / STATS_FILE
+    partial = target.with_name(target.name + ".partial")
+    try:
+        frame.write_parquet(partial)
+        partial.replace(target)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise InputError(f"cannot write {target}: {err.strerror or err}") from None
+    return target
+
+
+def load_feature_stats(sae_dir: Path) -> pl.DataFrame:
+    """The statistics shipped next to an SAE (`feature_stats.parquet`), one row per feature."""
+    path = Path(sae_dir) / STATS_FILE
+    if not path.is_file():
+        raise InputError(
+            f"no feature statistics at {path}: they are computed by `selfexplain train-sae`"
+        )
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as err:  # polars raises several types for a truncated or foreign file
+        raise InputError(f"{path} is not a readable statistics file: {str(err)[:120]}") from None
+    missing = [name for name in SCHEMA if name not in frame.columns]
+    if missing:
+        raise InputError(f"{path} lacks column(s) {missing}: recompute the statistics")
+    return frame
+
+
+def warehouse_rows(frame: pl.DataFrame, *, release: str, sae_id: str) -> pl.DataFrame:
+    """Rows for the warehouse table `feature_stats`: the statistics keyed by release and sae_id."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    return frame.select(
+        pl.lit(release).alias("release"), pl.lit(sae_id).alias("sae_id"), *SCHEMA,
+        pl.lit(now).alias("computed_at"),
+    )

@@ -1,0 +1,437 @@
+"""Train a TopK SAE on the residual entering one block of a model, and write a sae-lens folder.
+
+No pretrained SAE can be downloaded here, so the default model ships with one trained by this
+module. The trainer is plain PyTorch (TopK of Gao et al. 2024: unit-norm decoder, AuxK loss for dead
+latents, inputs scaled to unit mean square per dimension during training and the scale folded back
+into the weights, so the saved SAE reads raw residuals and its activations are residual norms).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from contextlib import nullcontext
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from selfexplain.corpus import token_chunks
+from selfexplain.errors import InputError, SelfExplainError
+from selfexplain.models import LoadedModel
+
+
+class TrainSaeConfig(BaseModel):
+    """Every setting of one SAE training run (defaults: the embedded default SAE)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    layer: int = Field(3, ge=0)
+    """Train on the residual entering this decoder block (sae-lens `blocks.L.hook_resid_pre`)."""
+    width: int = Field(4096, ge=1)
+    """Number of latents (d_sae)."""
+    k: int = Field(32, ge=1)
+    """Active latents per token."""
+    tokens: int = Field(1_000_000, ge=1)
+    """Training activations (position 0 of every window is dropped: attention sink)."""
+    heldout_tokens: int = Field(100_000, ge=0)
+    """Activations from held-out documents for variance explained, dead fraction and statistics."""
+    context: int = Field(128, ge=2)
+    """Tokens per window fed to the model."""
+    batch_tokens: int = Field(4096, ge=1)
+    """Activations per optimiser step."""
+    epochs: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0)
+    """Adam learning rate; None = 2e-4 * sqrt(16384 / width) (Gao et al.)."""
+    auxk_alpha: float = Field(1 / 32, ge=0)
+    dead_tokens: int = Field(200_000, ge=1)
+    """A latent silent for this many training activations counts as dead for the AuxK loss."""
+    collect_batch: int = Field(16, ge=1)
+    """Windows per forward pass while collecting activations."""
+    collect_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Matmul precision of the model while collecting *training* activations. bfloat16 autocast is
+    about 2-3x faster on CPUs with AVX512-BF16 and moves the residuals by under 1e-4 of their
+    variance; held-out activations (all reported numbers, statistics) always use float32."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainSaeConfig":
+        if self.k > self.width:
+            raise ValueError(f"k ({self.k}) must not exceed the width ({self.width})")
+        return self
+
+    @classmethod
+    def build(cls, **values: object) -> "TrainSaeConfig":
+        """Validate `values` (None means default); raise InputError with one clear line."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "config"
+            raise InputError(f"invalid {where}: {first['msg']}") from None
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 2e-4 * math.sqrt(16384 / self.width)
+
+
+class TopKSae(NamedTuple):
+    """Weights in sae-lens layout: encode relu(topk((x - b_dec) @ W_enc + b_enc)), decode z @ W_dec + b_dec."""
+
+    W_enc: Tensor  # (d_in, d_sae)
+    b_enc: Tensor  # (d_sae,)
+    W_dec: Tensor  # (d_sae, d_in)
+    b_dec: Tensor  # (d_in,)
+    k: int
+
+
+class TrainReport(NamedTuple):
+    """What the card reports about one training run."""
+
+    layer: int
+    hook_name: str
+    train_tokens: int
+    heldout_tokens: int
+    variance_explained: float
+    """1 - SSE / total variance of the held-out activations."""
+    l0: float
+    """Mean active latents per held-out token."""
+    dead_fraction: float
+    """Latents that never fire on the held-out activations."""
+    collect_seconds: float
+    train_seconds: float
+    steps: int
+    out_dir: str | None
+
+
+def hook_name_for(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the deepest wanted block is reached: skip the rest."""
+
+
+@torch.inference_mode()
+def collect_activations(lm: LoadedModel, windows: Tensor, layers: list[int], *,
+                        batch: int = 16, desc: str = "collect",
+                        dtype: str = "float32") -> dict[int, Tensor]:
+    """Residuals entering each block in `layers` for every window, position 0 dropped.
+
+    `dtype` "bfloat16" runs the model under CPU autocast (faster, slightly less exact).
+    Returns {layer: (n_windows * (context - 1), d_model) float16}. The forward pass stops after the
+    deepest wanted block, so early layers cost a fraction of a full pass.
+    """
+    for layer in layers:
+        if not 0 <= layer < lm.n_layers:
+            raise InputError(
+                f"layer {layer} is out of range: {lm.model_id} has blocks 0..{lm.n_layers - 1}"
+            )
+    n, context = windows.shape
+    out = {layer: torch.empty(n * (context - 1), lm.d_model, dtype=torch.float16) for layer in layers}
+    captured: dict[int, Tensor] = {}
+    deepest = max(layers)
+
+    def make_hook(layer: int):
+        def hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured[layer] = hidden[:, 1:].reshape(-1, hidden.shape[-1]).float()
+            if layer == deepest:
+                raise _StopForward
+        return hook
+
+    handles = [lm.layers[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True)
+               for layer in layers]
+    device = lm.device
+    try:
+        for start in tqdm(range(0, n, batch), desc=desc, unit="batch", leave=False):
+            ids = windows[start:start + batch].to(device)
+            autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                        if dtype == "bfloat16" else nullcontext())
+            try:
+                with autocast:
+                    lm.model(input_ids=ids, use_cache=False)
+            except _StopForward:
+                pass
+            rows = slice(start * (context - 1), (start + ids.shape[0]) * (context - 1))
+            for layer in layers:
+                acts = captured.pop(layer)
+                if not torch.isfinite(acts).all() or acts.abs().max() > 60_000:
+                    raise InputError(
+                        f"residuals entering block {layer} overflow float16 storage or are not "
+                        "finite: this model's activations need a different layer"
+                    )
+                out[layer][rows] = acts.cpu().half()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
+
+
+def encode(sae: TopKSae, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Top-k latents of `x` (batch, d_in): (values (batch, k) >= 0, indices (batch, k))."""
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # (batch, d_sae)
+    values, indices = pre.topk(sae.k, dim=-1, sorted=False)
+    return values.relu(), indices
+
+
+def decode(sae: TopKSae, values: Tensor, indices: Tensor) -> Tensor:
+    """Reconstruction (batch, d_in) from sparse codes: embedding_bag gathers only k decoder rows."""
+    return F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+
+
+def train_topk(acts: Tensor, config: TrainSaeConfig) -> tuple[TopKSae, int]:
+    """Train on `acts` (n, d_in); returns weights for raw inputs and the number of steps.
+
+    CPU-frugal: the latents are *selected* with a bfloat16 matmul without gradient, then only the
+    k chosen pre-activations are recomputed in float32 with gradient (a gather), so the backward
+    pass touches k encoder rows per token instead of all of them.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    n, d_in = acts.shape
+    sample = acts[torch.randperm(n, generator=generator)[:65536]].float()  # (s, d_in)
+    scale = float(sample.pow(2).sum(-1).mean().div(d_in).sqrt())  # unit mean square per dim
+    W_dec = torch.randn(config.width, d_in, generator=generator)
+    W_dec /= W_dec.norm(dim=-1, keepdim=True)
+    W_enc_t = W_dec.clone().requires_grad_()  # (width, d_in): encoder rows, init = decoder
+    b_enc = torch.zeros(config.width, requires_grad=True)
+    W_dec.requires_grad_()
+    b_dec = (sample.mean(0) / scale).requires_grad_()  # (d_in,)
+    params = [W_enc_t, b_enc, W_dec, b_dec]
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate, eps=6.25e-10)
+    steps_per_epoch = max(1, n // config.batch_tokens)
+    total = steps_per_epoch * config.epochs
+    decay_from = int(0.8 * total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 1.0 if s < decay_from else max(0.0, (total - s) / (total - decay_from))
+    )
+    silent = torch.zeros(config.width, dtype=torch.long)  # activations since each latent last fired
+    bar = tqdm(total=total, desc=f"train layer {config.layer}", unit="step", leave=False)
+    step = 0
+    for _epoch in range(config.epochs):
+        order = torch.randperm(n, generator=generator)
+        for i in range(steps_per_epoch):
+            x = acts[order[i * config.batch_tokens:(i + 1) * config.batch_tokens]].float() / scale
+            centred = x - b_dec  # (batch, d_in)
+            with torch.no_grad():
+                pre = centred.bfloat16() @ W_enc_t.bfloat16().T + b_enc.bfloat16()  # (batch, width)
+                indices = pre.topk(config.k, dim=-1, sorted=False).indices  # (batch, k)
+            rows = F.embedding(indices, W_enc_t)  # (batch, k, d_in)
+            values = (torch.einsum("bkd,bd->bk", rows, centred) + b_enc[indices]).relu()
+            recon = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum") + b_dec
+            fvu = (recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+            loss = fvu
+            fired = torch.zeros(config.width, dtype=torch.bool)
+            fired[indices[values > 0]] = True
+            silent += x.shape[0]
+            silent[fired] = 0
+            dead = torch.nonzero(silent > config.dead_tokens).squeeze(1)  # (n_dead,)
+            if config.auxk_alpha > 0 and len(dead) > 0:
+                loss = loss + config.auxk_alpha * _auxk_loss(
+                    centred, x - recon.detach(), dead, W_enc_t, b_enc, W_dec, k_aux=d_in // 2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():  # keep decoder rows unit norm: drop the radial gradient part
+                W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                W_dec /= W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            step += 1
+            bar.update()
+            if step % 10 == 0:
+                bar.set_postfix(fvu=f"{float(fvu.detach()):.3f}", dead=len(dead))
+    bar.close()
+    with torch.no_grad():  # fold the input scale: activations become residual-norm units
+        weights = TopKSae(
+            W_enc=W_enc_t.detach().T.contiguous(),
+            b_enc=b_enc.detach() * scale,
+            W_dec=W_dec.detach().clone(),
+            b_dec=b_dec.detach() * scale,
+            k=config.k,
+        )
+    return weights, step
+
+
+def _auxk_loss(centred: Tensor, residual: Tensor, dead: Tensor, W_enc_t: Tensor, b_enc: Tensor,
+               W_dec: Tensor, *, k_aux: int) -> Tensor:
+    """AuxK (Gao et al.): the top dead latents should explain the main reconstruction's residual."""
+    pre = centred @ W_enc_t[dead].T + b_enc[dead]  # (batch, n_dead)
+    values, local = pre.topk(min(k_aux, len(dead)), dim=-1, sorted=False)
+    aux = F.embedding_bag(dead[local], W_dec, per_sample_weights=values.relu(), mode="sum")
+    loss = (aux - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
+    return torch.nan_to_num(loss, nan=0.0)
+
+
+@torch.inference_mode()
+def evaluate(sae: TopKSae, acts: Tensor, batch: int = 8192) -> tuple[float, float, float]:
+    """(variance explained, L0, dead fraction) on `acts` (n, d_in)."""
+    if acts.shape[0] == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = acts.float().mean(0)
+    sse = total = active = 0.0
+    fired = torch.zeros(sae.W_dec.shape[0], dtype=torch.bool)
+    for start in range(0, acts.shape[0], batch):
+        x = acts[start:start + batch].float()
+        values, indices = encode(sae, x)
+        sse += float((decode(sae, values, indices) - x).pow(2).sum())
+        total += float((x - mean).pow(2).sum())
+        active += float((values > 0).sum())
+        fired[indices[values > 0]] = True
+    return 1 - sse / total, active / acts.shape[0], 1 - float(fired.float().mean())
+
+
+def sae_config_dict(sae: TopKSae, *, hook_name: str, model_id: str, revision: str,
+                    context: int, extra: dict[str, object]) -> dict[str, object]:
+    """A sae-lens 6 TopK config (`metadata.sae_lens_version` set, so hook_name survives loading)."""
+    try:
+        version = metadata.version("sae-lens")
+    except metadata.PackageNotFoundError:
+        version = "6.54.12"
+    return {
+        "architecture": "topk",
+        "d_in": int(sae.W_dec.shape[1]),
+        "d_sae": int(sae.W_dec.shape[0]),
+        "k": sae.k,
+        "rescale_acts_by_decoder_norm": False,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": version,
+            "sae_lens_training_version": None,
+            "model_name": model_id,
+            "model_revision": revision,
+            "hook_name": hook_name,
+            "hook_head_index": None,
+            "context_size": context,
+            "prepend_bos": False,
+            "exclude_special_tokens": False,
+            "dataset_path": "local corpus (selfexplain.corpus)",
+            **extra,
+        },
+    }
+
+
+def write_sae(sae: TopKSae, out_dir: Path, cfg: dict[str, object], *,
+              overwrite: bool = False, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write cfg.json + sae_weights.safetensors (float16) atomically: temp folder, then rename.
+
+    On any error (a full disk included) the temp folder is removed and `out_dir` is untouched.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"{out_dir} already exists and is not empty: pass --overwrite or a new --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        tensors = {name: getattr(sae, name).detach().contiguous().half()
+                   for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        save_file(tensors, str(tmp / "sae_weights.safetensors"))
+        (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out_dir.exists():
+            old.rename(out_dir)
+        raise SelfExplainError(
+            f"cannot write the SAE to {out_dir}: {err.strerror or err}; nothing was written "
+            "(free disk space or choose another --out)"
+        ) from None
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+@dataclass(frozen=True)
+class TrainedSae:
+    """Weights, the config dict written next to them, held-out activations and the report."""
+
+    sae: TopKSae
+    cfg: dict[str, object]
+    heldout: Tensor  # (n_heldout, d_in) float16
+    heldout_windows: Tensor  # (n_windows, context) int64; heldout row i = window i // (context-1)
+    report: TrainReport
+
+
+def train_sae(lm: LoadedModel, corpus_dir: Path, config: TrainSaeConfig,
+              out_dir: Path | None = None, *, overwrite: bool = False) -> TrainedSae:
+    """Collect, train, evaluate on held-out documents, and (if `out_dir`) write the folder."""
+    if not 0 <= config.layer < lm.n_layers:
+        raise InputError(
+            f"layer {config.layer} is out of range: {lm.model_id} has blocks 0..{lm.n_layers - 1}"
+        )
+    if out_dir is not None and Path(out_dir).exists() and any(Path(out_dir).iterdir()) \
+            and not overwrite:
+        raise InputError(f"{out_dir} already exists and is not empty: pass --overwrite or a new --out")
+    per_window = config.context - 1
+    split = token_chunks(
+        corpus_dir, lm.tokenizer, context=config.context,
+        train_windows=math.ceil(config.tokens / per_window),
+        heldout_windows=math.ceil(config.heldout_tokens / per_window), seed=config.seed,
+    )
+    t0 = time.perf_counter()
+    train_acts = collect_activations(lm, split.train, [config.layer], batch=config.collect_batch,
+                                     desc="collect train", dtype=config.collect_dtype,
+                                     )[config.layer][: config.tokens]
+    heldout = collect_activations(lm, split.heldout, [config.layer], batch=config.collect_batch,
+                                  desc="collect held-out")[config.layer] if len(split.heldout) \
+        else torch.empty(0, lm.d_model, dtype=torch.float16)
+    t1 = time.perf_counter()
+    return fit_and_write(lm, train_acts, heldout, split.heldout, config, out_dir,
+                         collect_seconds=t1 - t0, overwrite=overwrite, sources=split.sources)
+
+
+def fit_and_write(lm: LoadedModel, train_acts: Tensor, heldout: Tensor, heldout_windows: Tensor,
+                  config: TrainSaeConfig, out_dir: Path | None, *, collect_seconds: float = 0.0,
+                  overwrite: bool = False, sources: dict | None = None) -> TrainedSae:
+    """Train on collected activations, evaluate, and write the folder (shared with layer sweeps)."""
+    if train_acts.shape[0] < config.batch_tokens:
+        raise InputError(
+            f"only {train_acts.shape[0]} training activations for batches of {config.batch_tokens}: "
+            "lower --batch-tokens or add text to the corpus"
+        )
+    t1 = time.perf_counter()
+    sae, steps = train_topk(train_acts, config)
+    train_seconds = time.perf_counter() - t1
+    variance, l0, dead = evaluate(sae, heldout)
+    hook_name = hook_name_for(config.layer)
+    report = TrainReport(
+        layer=config.layer, hook_name=hook_name, train_tokens=int(train_acts.shape[0]),
+        heldout_tokens=int(heldout.shape[0]), variance_explained=variance, l0=l0,
+        dead_fraction=dead, collect_seconds=round(collect_seconds, 1),
+        train_seconds=round(train_seconds, 1), steps=steps,
+        out_dir=None if out_dir is None else str(out_dir),
+    )
+    cfg = sae_config_dict(
+        sae, hook_name=hook_name, model_id=lm.model_id, revision=lm.revision,
+        context=config.context,
+        extra={"selfexplain_training": {
+            **config.model_dump(), **{k: v for k, v in report._asdict().items() if k != "out_dir"},
+            "sources": sources or {},
+        }},
+    )
+    if out_dir is not None:
+        write_sae(sae, out_dir, cfg, overwrite=overwrite)
+    return TrainedSae(sae, cfg, heldout, heldout_windows, report)

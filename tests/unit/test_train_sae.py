@@ -1,0 +1,241 @@
+"""SAE training on a tiny random model and a few hundred tokens: loads through sae-lens, seeded,
+atomic; corpus handling; bad inputs give one clear error and leave nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from selfexplain.cli import main as cli_main
+from selfexplain.corpus import clean_wikitext, corpus_files, read_documents, token_chunks
+from selfexplain.errors import InputError, SelfExplainError
+from selfexplain.train_sae import TrainSaeConfig, collect_activations, encode, train_sae
+
+WORDS = "the cat sat on a mat while dogs ran over hills and birds sang in tall green trees".split()
+
+
+def write_corpus(folder: Path, n_docs: int = 40) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, offset in (("a.txt", 0), ("b.txt", 7)):
+        docs = [" ".join(WORDS[(i + j + offset) % len(WORDS)] for j in range(12)) + "."
+                for i in range(n_docs)]
+        (folder / name).write_text("\n\f\n".join(docs))
+    return folder
+
+
+def tiny_config(**overrides) -> TrainSaeConfig:
+    values = dict(layer=2, width=32, k=4, tokens=600, heldout_tokens=150, context=16,
+                  batch_tokens=100, epochs=3, seed=0, collect_dtype="float32")
+    values.update(overrides)
+    return TrainSaeConfig.build(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_lm):
+    root = tmp_path_factory.mktemp("train")
+    corpus = write_corpus(root / "corpus")
+    result = train_sae(tiny_lm, corpus, tiny_config(), root / "sae")
+    return root, corpus, result
+
+
+def test_output_loads_through_sae_lens_as_topk(trained, tiny_lm):
+    from sae_lens import SAE
+
+    root, _corpus, result = trained
+    assert sorted(p.name for p in (root / "sae").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert not list(root.glob(".sae.*"))  # no temp folder left
+    sae = SAE.load_from_disk(str(root / "sae"))
+    assert type(sae).__name__ == "TopKSAE"
+    assert sae.cfg.k == 4 and sae.cfg.d_sae == 32 and sae.cfg.d_in == tiny_lm.d_model
+    assert sae.cfg.metadata.hook_name == "blocks.2.hook_resid_pre"
+    assert sae.cfg.metadata.sae_lens_version
+    # sae-lens encodes exactly as our trainer does (the input scale is folded into the weights)
+    x = result.heldout.float()
+    codes = sae.encode(x)
+    values, indices = encode(result.sae, x)
+    ours = torch.zeros_like(codes).scatter_(1, indices, values)
+    assert torch.allclose(codes, ours, atol=2e-2 * float(ours.abs().max()))
+    recon = sae.decode(codes)
+    explained = 1 - (recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert float(explained.detach()) == pytest.approx(result.report.variance_explained, abs=0.02)
+    # decoder rows are unit norm, so activations are residual norms
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(32), atol=1e-2)
+
+
+def test_report_numbers_are_sane(trained):
+    _root, _corpus, result = trained
+    report = result.report
+    assert report.layer == 2 and report.hook_name == "blocks.2.hook_resid_pre"
+    assert report.train_tokens == 600
+    assert report.heldout_tokens == result.heldout.shape[0] >= 150
+    assert 0.2 < report.variance_explained <= 1.0
+    assert 0 < report.l0 <= 4
+    assert 0.0 <= report.dead_fraction < 1.0
+    cfg = json.loads(((_root := trained[0]) / "sae" / "cfg.json").read_text())
+    assert cfg["metadata"]["selfexplain_training"]["seed"] == 0
+
+
+def test_saes_module_reads_the_layer(trained):
+    from selfexplain.saes import load_sae
+
+    directions = load_sae(str(trained[0] / "sae"))
+    assert directions.resid_layer == 2 and directions.d_sae == 32
+
+
+def test_same_seed_same_weights(trained, tiny_lm):
+    _root, corpus, result = trained
+    again = train_sae(tiny_lm, corpus, tiny_config(), None)
+    other = train_sae(tiny_lm, corpus, tiny_config(seed=1), None)
+    assert torch.allclose(again.sae.W_dec, result.sae.W_dec, atol=1e-6)
+    assert not torch.allclose(other.sae.W_dec, result.sae.W_dec, atol=1e-3)
+
+
+def test_position_zero_is_dropped(tiny_lm):
+    windows = torch.randint(20, 60, (3, 10))
+    acts = collect_activations(tiny_lm, windows, [0, 2])
+    assert acts[0].shape == (3 * 9, tiny_lm.d_model) and acts[2].shape == (3 * 9, tiny_lm.d_model)
+    # layer 0's input is the token embedding: row 0 is window 0's token at position 1
+    embed = tiny_lm.model.get_input_embeddings().weight
+    assert torch.allclose(acts[0][0].float(), embed[windows[0, 1]], atol=1e-3)
+    assert torch.allclose(acts[0][9].float(), embed[windows[1, 1]], atol=1e-3)
+
+
+def test_token_chunks_hold_out_whole_documents(tmp_path, tiny_lm):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    docs = [f"document number {i:03d} " * 4 for i in range(50)]
+    (corpus / "x.txt").write_text("\n\f\n".join(docs))
+    split = token_chunks(corpus, tiny_lm.tokenizer, context=8, train_windows=10_000,
+                         heldout_windows=10_000, seed=0)
+    decode = tiny_lm.tokenizer.decode
+    train_text = "".join(decode(w) for w in split.train.tolist())
+    held_text = "".join(decode(w) for w in split.heldout.tolist())
+    held_ids = {i for i in range(50) if f"number {i:03d}" in held_text}
+    assert len(held_ids) == 5  # every 10th document
+    assert not any(f"number {i:03d}" in train_text for i in held_ids)
+    assert split.sources["x.txt"]["heldout"] == len(split.heldout)
+
+
+def test_round_robin_balances_sources(tmp_path, tiny_lm):
+    corpus = write_corpus(tmp_path / "c", n_docs=200)
+    split = token_chunks(corpus, tiny_lm.tokenizer, context=16, train_windows=40,
+                         heldout_windows=0, seed=0)
+    assert split.sources == {"a.txt": {"train": 20, "heldout": 0},
+                             "b.txt": {"train": 20, "heldout": 0}}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty", "no non-empty .txt"),
+    ("blank", "no non-empty .txt"),
+    ("file", "not a folder"),
+])
+def test_bad_corpus_folder(tmp_path, case, message):
+    path = tmp_path / case
+    if case in ("empty", "blank"):
+        path.mkdir()
+        (path / "notes.md").write_text("not a .txt file")
+    if case == "blank":
+        (path / "a.txt").write_text("")
+    if case == "file":
+        path.write_text("x")
+    with pytest.raises(InputError, match=message):
+        corpus_files(path)
+
+
+def test_unreadable_corpus_file(tmp_path, monkeypatch):
+    folder = write_corpus(tmp_path / "c")
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(InputError, match="cannot read corpus file .*Permission denied"):
+        read_documents(folder / "a.txt")
+
+
+def test_too_short_corpus(tmp_path, tiny_lm):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("tiny")
+    with pytest.raises(InputError, match="too short"):
+        train_sae(tiny_lm, tmp_path / "c", tiny_config(context=64), None)
+
+
+def test_layer_out_of_range(tmp_path, tiny_lm):
+    corpus = write_corpus(tmp_path / "c")
+    with pytest.raises(InputError, match="layer 6 is out of range.*0..5"):
+        train_sae(tiny_lm, corpus, tiny_config(layer=6), tmp_path / "sae")
+    assert not (tmp_path / "sae").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(k=64, width=32), "must not exceed the width"),
+    (dict(width=0), "width"),
+    (dict(k=0), "k"),
+    (dict(layer=-1), "layer"),
+    (dict(tokens=0), "tokens"),
+])
+def test_nonsense_settings(overrides, message):
+    with pytest.raises(InputError, match=message):
+        tiny_config(**overrides)
+
+
+def test_disk_full_leaves_nothing(tmp_path, tiny_lm, monkeypatch):
+    import safetensors.torch
+
+    corpus = write_corpus(tmp_path / "c")
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(SelfExplainError, match="No space left on device; nothing was written"):
+        train_sae(tiny_lm, corpus, tiny_config(), tmp_path / "out" / "sae")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_existing_folder_kept_unless_overwrite(tmp_path, tiny_lm):
+    corpus = write_corpus(tmp_path / "c")
+    out = tmp_path / "sae"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="already exists"):
+        train_sae(tiny_lm, corpus, tiny_config(), out)
+    assert (out / "keep.txt").read_text() == "mine"
+    train_sae(tiny_lm, corpus, tiny_config(), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+
+
+def test_cli_trains_and_writes_statistics(tmp_path, capsys):
+    from selfexplain.stats import load_feature_stats
+
+    lm = build_tiny_model("llama")
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    corpus = write_corpus(tmp_path / "c")
+    args = ["train-sae", "--model", str(model_dir), "--corpus", str(corpus), "--out",
+            str(tmp_path / "sae"), "--layer", "1", "--width", "16", "--k", "2", "--tokens", "300",
+            "--heldout-tokens", "100", "--context", "16", "--batch-tokens", "100", "--seed", "0"]
+    assert cli_main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["hook_name"] == "blocks.1.hook_resid_pre"
+    stats = load_feature_stats(tmp_path / "sae")
+    assert stats.height == 16
+    assert 0 < stats["density"].sum() <= 2.0 + 1e-9  # at most k active per token
+    assert cli_main(args) == 2  # the folder exists now
+    assert "already exists" in capsys.readouterr().err
+    assert cli_main(args[:-4] + ["--k", "99", "--seed", "0"]) == 2
+    assert "must not exceed the width" in capsys.readouterr().err
+
+
+def test_clean_wikitext():
+    raw = ("{{Infobox|a={{nested}}}}'''Paris''' is the [[capital city|capital]] of [[France]]."
+           "<ref>cite</ref> It has [[File:x.jpg|thumb|a [[caption]]]]museums.\n"
+           "{| class=wikitable\n|-\n| cell\n|}\n\n== History ==\nOld.\n\n== References ==\nGone.")
+    assert clean_wikitext(raw) == "Paris is the capital of France. It has museums.\n\nHistory\nOld."
