@@ -460,3 +460,68 @@ def feature_rows(results: Sequence[FeatureExplanation], skipped: Sequence[Skippe
 
 def _at(values: Sequence[float], index: int) -> float | None:
     return float(values[index]) if index < len(values) else None
+
+
+# -- backup and restore ---------------------------------------------------------------------------
+def backup(wh: Warehouse, folder: Path) -> dict[str, object]:
+    """Every table as `<table>.parquet` plus `manifest.json`, written atomically into `folder`."""
+    from selfexplain import __version__
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise WarehouseError(f"backup folder {folder} is not empty: give a new folder")
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    counts: dict[str, int] = {}
+    for table in wh.tables():
+        rows = wh.table(table)
+        rows.write_parquet(partial / f"{table}.parquet")
+        counts[table] = rows.height
+    manifest = {"schema_version": wh.schema_version(), "created_at": utc_now().isoformat(),
+                "selfexplain_version": __version__, "source": wh.path, "tables": counts}
+    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if folder.exists():
+        folder.rmdir()
+    partial.rename(folder)
+    return manifest
+
+
+def restore(wh: Warehouse, folder: Path) -> dict[str, int]:
+    """Upsert a backup into `wh` (one transaction). Restoring twice changes nothing."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise WarehouseError(f"{folder} has no manifest.json: not a `selfexplain export --backup`")
+    manifest = json.loads(manifest_path.read_text())
+    if int(manifest["schema_version"]) > wh.schema_version():
+        raise WarehouseError(
+            f"backup {folder} is at schema version {manifest['schema_version']}, newer than "
+            f"{wh.path} ({wh.schema_version()}): upgrade selfexplain first"
+        )
+    known = set(wh.tables())
+    frames: dict[str, pl.DataFrame] = {}
+    for table in manifest["tables"]:
+        if table == "schema_version":
+            continue
+        if table not in known:
+            raise WarehouseError(f"backup table {table!r} does not exist in {wh.path}")
+        frames[table] = pl.read_parquet(folder / f"{table}.parquet")
+    wh.con.execute("BEGIN TRANSACTION")
+    try:
+        counts = {}
+        for table, rows in frames.items():
+            if (wh.sql_dir / "upserts" / f"{table}.sql").is_file():
+                counts[table] = wh.upsert(table, rows)
+            else:  # a table without an upsert file: keep existing rows, add the missing ones
+                wh.con.register("incoming", rows)
+                try:  # `table` was checked against the catalog above
+                    wh.con.execute(f'INSERT OR IGNORE INTO "{table}" BY NAME SELECT * FROM incoming')
+                finally:
+                    wh.con.unregister("incoming")
+                counts[table] = rows.height
+        wh.con.execute("COMMIT")
+    except BaseException:
+        wh.con.execute("ROLLBACK")
+        raise
+    return counts

@@ -1,0 +1,98 @@
+"""`selfexplain relabel`: run the Prefect `relabel` flow (ephemeral: no server needed) and write
+labels into the DuckDB warehouse; ends with the warehouse path and a ready SQL query."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from selfexplain.commands.explain import add_config_arguments
+
+OVERRIDE_FLAGS = ("scale_unit", "selection", "placeholder", "injection_layer", "probe_layer",
+                  "max_new_tokens", "failure_threshold")
+"""Engine flags that travel in the request's `overrides` (preset/scales/samples/seed have fields)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "relabel",
+        help="label SAE features into the DuckDB warehouse (Prefect flow, sharded, resumable)",
+        description="Runs the `relabel` Prefect flow in-process (an ephemeral Prefect server, or "
+        "the one PREFECT_API_URL points at). Shards already stored for the same model, SAE and "
+        "settings are skipped, so an interrupted run resumes when started again.",
+    )
+    parser.add_argument("--sae", default="default",
+                        help="`default`, RELEASE/SAE_ID, a sae-lens folder, or a .safetensors")
+    parser.add_argument("--features", default="0-15", help="indices like 0-15 or 0-3,40")
+    parser.add_argument("--all-features", action="store_true",
+                        help="every latent of the SAE (overrides --features)")
+    parser.add_argument("--warehouse", default="warehouse.duckdb", help="DuckDB file")
+    parser.add_argument("--shard-size", type=int, default=8, help="features per shard (task)")
+    parser.add_argument("--workers", type=int, default=1, help="shards explained at once")
+    parser.add_argument("--out-dir", help="scale-out: write Parquet shards here instead of the "
+                        "warehouse; `selfexplain import --shards DIR` merges them")
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def build_request(args: argparse.Namespace):
+    from tasks.request import RelabelRequest
+
+    overrides = {name: getattr(args, name) for name in OVERRIDE_FLAGS
+                 if getattr(args, name, None) is not None}
+    return RelabelRequest.build(
+        model=args.model, sae=args.sae, features=args.features, all_features=args.all_features,
+        preset=args.preset, scales=args.scales, samples=args.samples, seed=args.seed,
+        overrides=overrides, warehouse=str(Path(args.warehouse).expanduser().resolve()),
+        shard_size=args.shard_size, workers=args.workers,
+        out_dir=str(Path(args.out_dir).resolve()) if args.out_dir else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from selfexplain.warehouse import Warehouse
+
+    request = build_request(args)  # validates every flag before anything slow starts
+    if request.out_dir is None:
+        Warehouse(request.warehouse, wait_s=2).close()  # busy or foreign: say so now, not later
+    print(f"relabel: model {request.model}, SAE {request.sae}, features "
+          f"{'all' if request.all_features else request.features}, shard size "
+          f"{request.shard_size}; starting Prefect (ephemeral) ...", flush=True)
+    began = time.perf_counter()
+    from flows.relabel import relabel
+
+    summary = relabel(request)
+    elapsed = time.perf_counter() - began
+    print()
+    print(f"done in {elapsed:.0f} s: {summary['n_labelled']} labelled, {summary['n_failed']} "
+          f"flagged as likely failures, {summary['n_skipped']} skipped; "
+          f"{summary['n_shards']} shards run, {summary['n_shards_skipped']} already stored")
+    if request.out_dir is not None:
+        print(f"Parquet shards: {request.out_dir}")
+        print(f"merge them:     selfexplain import --shards {request.out_dir} "
+              f"--warehouse {request.warehouse}")
+        return 0
+    _preview(request.warehouse, summary)
+    print(f"warehouse: {request.warehouse}")
+    if summary.get("png"):
+        print(f"scale sweep plot: {summary['png']}")
+    print("query it:")
+    print(f'  selfexplain sql "{summary["query"]}"')
+    return 0
+
+
+def _preview(warehouse: str, summary: dict) -> None:
+    import polars as pl
+
+    from selfexplain.warehouse import open_reader
+
+    with open_reader(warehouse) as wh:
+        labels = wh.query(
+            "SELECT feature, label, recovered_token, round(scale, 1) AS scale, "
+            "round(composite, 3) AS composite, failed FROM v_feature_labels "
+            "WHERE release = ? AND sae_id = ? ORDER BY feature",
+            [summary["release"], summary["sae_id"]])
+    with pl.Config(tbl_rows=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True):
+        print(labels)
