@@ -44,6 +44,12 @@ Progress = Callable[[int], None]
 
 
 @dataclass
+class _PromptResult:
+    sweeps: list[Sweep]  # per feature
+    candidates: list[list[Candidate]]  # per feature
+    plan: list[list[int]]  # per feature: metric-grid indices sampled at
+
+@dataclass
 class _PromptState:
     prompt: Prompt
     prefix: PrefixCache
@@ -79,7 +85,11 @@ class SelfExplainer:
             else torch.tensor(config.generation_scales) * self.unit
         )
         kinds = [MEANING, REPEAT] if config.recover_token else [MEANING]
+        began = time.perf_counter()
         self.states = {kind: self._prepare(kind) for kind in kinds}
+        self.timings: dict[str, float] = {"prefill": time.perf_counter() - began,
+                                          "metrics": 0.0, "generation": 0.0, "selection": 0.0}
+        """Seconds spent per stage (prefill = prefix caches and shared baselines), for benchmarks."""
 
     def _prepare(self, kind: str) -> _PromptState:
         """Everything about a prompt that does not depend on the direction: computed once."""
@@ -123,96 +133,142 @@ class SelfExplainer:
 
     def _explain_chunk(self, directions: Tensor, features: list[int],
                        names: list[str]) -> list[FeatureExplanation]:
-        per_prompt = {kind: self._run_prompt(kind, directions, features) for kind in self.states}
+        meaning = self._explain_prompt(MEANING, directions, features, plan=None)
+        repeat = (
+            self._explain_prompt(REPEAT, directions, features, plan=meaning.plan)
+            if REPEAT in self.states else None
+        )
         results = []
-        for i, (feature, name) in enumerate(zip(features, names)):
-            sweeps = [per_prompt[kind][0][i] for kind in per_prompt]
-            candidates = [c for kind in per_prompt for c in per_prompt[kind][1][i]]
+        for f, (feature, name) in enumerate(zip(features, names)):
+            sweeps = [meaning.sweeps[f]] + ([repeat.sweeps[f]] if repeat else [])
+            candidates = meaning.candidates[f] + (repeat.candidates[f] if repeat else [])
             results.append(self._assemble(feature, name, sweeps, candidates))
         return results
 
-    def _run_prompt(self, kind: str, directions: Tensor,
-                    features: list[int]) -> tuple[list[Sweep], list[list[Candidate]]]:
-        """Metric pass, generation and ranking of one prompt for a chunk of features."""
+    def _explain_prompt(self, kind: str, directions: Tensor, features: list[int],
+                        plan: list[list[int]] | None) -> "_PromptResult":
+        """Metric pass, sampling and ranking of one prompt for a chunk of features.
+
+        Faithful mode (`generation_scales` set): the full metric grid, then a separate sampling
+        pass at every generation scale, as the post did. Default mode: sampling reuses the metric
+        pass's KV cache and first-token logits at the best `top_scales` scales; the repeat prompt
+        runs only at the scales the meaning prompt chose (`plan`), not over the whole grid.
+        """
         config, state = self.config, self.states[kind]
-        n_features, n_scales = directions.shape[0], len(self.scales)
-        # (features * scales, d_model): row f * n_scales + s holds scale s times direction f
-        vectors = (self.scales[None, :, None] * directions[:, None, :]).reshape(-1, self.lm.d_model)
-        passes = [
-            prompt_pass(self.lm, state.prompt, state.prefix, chunk, self.injection_layer,
-                        self.probe_layer)
-            for chunk in vectors.split(config.batch_rows)
-        ]
-        probe = torch.cat([p.probe for p in passes]).view(n_features, n_scales, -1)
-        logits = torch.cat([p.logits for p in passes]).view(n_features, n_scales, -1)
-        selfsim = self_similarity(probe, state.probe_zero, directions)  # (features, scales)
-        ent = entropy(logits) - entropy(state.logits_zero)  # (features, scales)
-        xent = cross_entropy(logits, state.baseline_logits[None])  # (features, scales)
+        n_features, d_model = directions.shape
+        faithful = self.generation_scales is not None
+        if plan is None or faithful:
+            grid = [list(range(len(self.scales))) for _ in range(n_features)]
+        else:
+            grid = plan
+        width = len(grid[0])
+        index = torch.tensor(grid)  # (features, width) indices into the metric grid
+        scales = self.scales[index]  # (features, width)
+        vectors = (scales[..., None] * directions[:, None, :]).reshape(-1, d_model)
+        clock = time.perf_counter()
+        out = prompt_pass(self.lm, state.prompt, state.prefix, vectors, self.injection_layer,
+                          self.probe_layer, keep_cache=not faithful)
+        probe = out.probe.view(n_features, width, d_model)
+        logits = out.logits.view(n_features, width, -1)
+        selfsim = self_similarity(probe, state.probe_zero, directions)  # (features, width)
+        ent = entropy(logits) - entropy(state.logits_zero)  # (features, width)
+        xent = cross_entropy(logits, state.baseline_logits[index])  # (features, width)
         scored = ent if config.entropy_metric == "entropy" else xent
-        comp = composite(selfsim, scored, self.scales, config.alpha, self.min_scale)
-        plan = self._generation_plan(comp)  # per feature: list of (scale, sample)
-        texts = self._sample(kind, state, directions, features, plan)
-        sweeps: list[Sweep] = []
-        candidates: list[list[Candidate]] = []
+        if width == len(self.scales):
+            comp = composite(selfsim, scored, self.scales, config.alpha, self.min_scale)
+        else:  # a partial grid: rank by the meaning prompt's composite at the same scales
+            comp = self._last_meaning_composite.gather(1, index)
+        if kind == MEANING:
+            self._last_meaning_composite = comp
+        samples = config.samples_per_scale
+        clock = self._tick("metrics", clock)
+        if faithful:
+            gen_scales = self.generation_scales.tolist()
+            rows = [(f, s, k) for f in range(n_features) for s in gen_scales for k in range(samples)]
+            texts = self._sample_fresh(kind, state, directions, features, rows)
+            row_grid = nearest_scale_index(self.scales, torch.tensor([s for _, s, _ in rows]))
+            chosen_index = [list(range(len(self.scales))) for _ in range(n_features)]
+        else:
+            chosen_index = self._best_scales(comp) if plan is None else [
+                list(range(width)) for _ in range(n_features)]
+            rows = [(f, float(scales[f, j]), k) for f in range(n_features)
+                    for j in chosen_index[f] for k in range(samples)]
+            cache_rows = [f * width + j for f in range(n_features) for j in chosen_index[f]
+                          for _ in range(samples)]
+            texts = self._sample_cached(kind, out, cache_rows, features, rows)
+            row_grid = torch.tensor([int(index[f, j]) for f in range(n_features)
+                                     for j in chosen_index[f] for _ in range(samples)])
+        clock = self._tick("generation", clock)
+        result = _PromptResult(sweeps=[], candidates=[], plan=[])
         strategy = STRATEGIES[config.selection]
+        by_feature: list[list[int]] = [[] for _ in range(n_features)]
+        for r, (f, _, _) in enumerate(rows):
+            by_feature[f].append(r)
         for f in range(n_features):
-            sweep = SweepScores(self.scales, selfsim[f], scored[f], comp[f], self.min_scale)
-            sweeps.append(Sweep(kind, self.scales.tolist(), selfsim[f].tolist(), ent[f].tolist(),
-                                xent[f].tolist(), comp[f].tolist()))
-            scales = torch.tensor([scale for scale, _ in plan[f]])
-            grid_index = nearest_scale_index(self.scales, scales).tolist()
-            ranked = strategy(grid_index, texts[f], sweep)
-            # An empty answer explains nothing: rank every non-empty one above it.
-            keyed = [s if texts[f][i] else s - 1e6 for i, s in enumerate(ranked.score)]
-            ranking = order(keyed)
-            rank_of = {index: rank for rank, index in enumerate(ranking)}
-            candidates.append([
+            own = by_feature[f]
+            # positions of this feature's samples within its own (partial) grid
+            local = [int((index[f] == row_grid[r]).nonzero()[0]) for r in own]
+            sweep = SweepScores(scales[f], selfsim[f], scored[f], comp[f], self.min_scale)
+            feature_texts = [texts[r] for r in own]
+            ranked = strategy(local, feature_texts, sweep)
+            keyed = [s if feature_texts[i] else s - 1e6 for i, s in enumerate(ranked.score)]
+            rank_of = {i: rank for rank, i in enumerate(order(keyed))}
+            result.sweeps.append(Sweep(kind, scales[f].tolist(), selfsim[f].tolist(),
+                                       ent[f].tolist(), xent[f].tolist(), comp[f].tolist()))
+            result.candidates.append([
                 Candidate(
-                    prompt=kind, text=texts[f][i], scale=float(plan[f][i][0]),
-                    sample=plan[f][i][1], composite=float(comp[f, grid_index[i]]),
-                    score=float(ranked.score[i]), rank=rank_of[i],
-                    chosen=rank_of[i] < config.top_n and bool(texts[f][i]),
-                    extra={"selfsim": float(selfsim[f, grid_index[i]]),
-                           "entropy": float(ent[f, grid_index[i]]), **ranked.extra[i]},
+                    prompt=kind, text=feature_texts[i], scale=rows[r][1], sample=rows[r][2],
+                    composite=float(comp[f, local[i]]), score=float(ranked.score[i]),
+                    rank=rank_of[i], chosen=rank_of[i] < config.top_n and bool(feature_texts[i]),
+                    extra={"selfsim": float(selfsim[f, local[i]]),
+                           "entropy": float(ent[f, local[i]]), **ranked.extra[i]},
                 )
-                for i in range(len(plan[f]))
+                for i, r in enumerate(own)
             ])
-        return sweeps, candidates
+            result.plan.append([int(index[f, j]) for j in chosen_index[f]])
+        self._tick("selection", clock)
+        return result
 
-    def _generation_plan(self, comp: Tensor) -> list[list[tuple[float, int]]]:
-        """Per feature, the (absolute scale, sample index) pairs to sample at."""
-        config = self.config
-        samples = range(config.samples_per_scale)
-        if self.generation_scales is not None:
-            shared = [(float(s), k) for s in self.generation_scales for k in samples]
-            return [shared for _ in range(comp.shape[0])]
-        eligible = self.scales >= self.min_scale
-        plans = []
-        for row in comp:
-            masked = torch.where(eligible, row, torch.full_like(row, -torch.inf))
-            best = masked.topk(min(config.top_scales, int(eligible.sum()))).indices.sort().values
-            plans.append([(float(self.scales[i]), k) for i in best.tolist() for k in samples])
-        return plans
+    def _tick(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[stage] += now - since
+        return now
 
-    def _sample(self, kind: str, state: _PromptState, directions: Tensor, features: list[int],
-                plan: list[list[tuple[float, int]]]) -> list[list[str]]:
-        """Sample every planned (feature, scale, sample) row in batches; texts per feature."""
+    def _best_scales(self, comp: Tensor) -> list[list[int]]:
+        """Per feature, the `top_scales` eligible grid indices with the highest composite."""
+        eligible = self.scales >= self.min_scale  # (scales,)
+        count = min(self.config.top_scales, int(eligible.sum()))
+        masked = torch.where(eligible[None, :], comp, torch.full_like(comp, -torch.inf))
+        return masked.topk(count, dim=-1).indices.sort(dim=-1).values.tolist()
+
+    def _seeds(self, kind: str, features: list[int], rows: list[tuple[int, float, int]]) -> list[int]:
+        return [row_seed(self.config.seed, kind, features[f], round(scale, 4), k)
+                for f, scale, k in rows]
+
+    def _sample_cached(self, kind: str, out, cache_rows: list[int], features: list[int],
+                       rows: list[tuple[int, float, int]]) -> list[str]:
+        """Sample from the metric pass's own cache: no second prompt pass."""
+        select = torch.tensor(cache_rows)
+        out.cache.batch_select_indices(select)
+        return sample_continuations(
+            self.lm, out.logits[select], out.cache, self._seeds(kind, features, rows),
+            max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
+        )
+
+    def _sample_fresh(self, kind: str, state: _PromptState, directions: Tensor,
+                      features: list[int], rows: list[tuple[int, float, int]]) -> list[str]:
+        """Faithful mode: a new injected prompt pass per batch of (feature, scale, sample) rows."""
         config = self.config
-        rows = [(f, scale, k) for f in range(len(features)) for scale, k in plan[f]]
-        texts: list[list[str]] = [[] for _ in features]
+        texts: list[str] = []
         for start in range(0, len(rows), config.batch_rows):
             batch = rows[start : start + config.batch_rows]
             vectors = torch.stack([scale * directions[f] for f, scale, _ in batch])
-            seeds = [row_seed(config.seed, kind, features[f], round(scale, 4), k)
-                     for f, scale, k in batch]
             result = prompt_pass(self.lm, state.prompt, state.prefix, vectors,
                                  self.injection_layer, self.probe_layer, keep_cache=True)
-            sampled = sample_continuations(
-                self.lm, result.logits, result.cache, seeds,
+            texts.extend(sample_continuations(
+                self.lm, result.logits, result.cache, self._seeds(kind, features, batch),
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            )
-            for (f, _, _), text in zip(batch, sampled):
-                texts[f].append(text)
+            ))
         return texts
 
     def _assemble(self, feature: int, name: str, sweeps: list[Sweep],
@@ -227,7 +283,7 @@ class SelfExplainer:
             f"max self-similarity {max_selfsim:.4f} < threshold {config.failure_threshold:g}"
             if failed else None
         )
-        recovered = next((c.text for c in repeat if c.text), None)
+        recovered = recover_token(repeat, majority=config.selection != "composite")
         return FeatureExplanation(
             feature=feature,
             name=name,
@@ -242,6 +298,24 @@ class SelfExplainer:
             candidates=candidates,
             sweeps=sweeps,
         )
+
+
+def recover_token(repeat: list[Candidate], *, majority: bool) -> str | None:
+    """The literal token from the repeat prompt's candidates (sorted by rank).
+
+    The post takes the top-ranked answer. With `majority`, the answer given most often wins
+    (ties go to the better rank): copying a token is a yes/no matter, so agreement between samples
+    is a stronger signal than the scale metrics.
+    """
+    answers = [c.text for c in repeat if c.text]
+    if not answers:
+        return None
+    if not majority:
+        return answers[0]
+    counts: dict[str, int] = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    return max(answers, key=lambda a: (counts[a], -answers.index(a)))
 
 
 def _with_seconds(item: FeatureExplanation, seconds: float) -> FeatureExplanation:
