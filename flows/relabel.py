@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import deque
 
 import polars as pl
 from prefect import flow, get_run_logger
@@ -102,17 +101,10 @@ def relabel(request: RelabelRequest) -> dict[str, object]:
     totals = dict(n_labelled=0, n_failed=0, n_skipped=0)
     model_ids: dict[str, str] = {}
     collected: list[ShardRows] = []
-    pending: deque = deque()
-    queue = deque(shards)
     finished = 0
     try:
-        while queue or pending:
-            while queue and len(pending) < request.workers:
-                part = queue.popleft()
-                key = shard_key(part)
-                pending.append(explain_shard.submit(request, sae, part, key, run_id,
-                                                    request_hash))
-            rows: ShardRows = pending.popleft().result()
+        for part in shards:  # one after another: a process holds one model; scale out for more
+            rows = explain_shard(request, sae, part, shard_key(part), run_id, request_hash)
             record(rows.frames, f"shard-{rows.key}")
             finished += 1
             for name in totals:

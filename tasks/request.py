@@ -41,9 +41,8 @@ class RelabelRequest(BaseModel):
     """Any other ExplainConfig field, e.g. {"max_new_tokens": 24}."""
     warehouse: str = DEFAULT_WAREHOUSE
     shard_size: int = Field(8, ge=1, le=1_000_000)
-    """Features per shard: one task (one model load at most) per shard, never one per feature."""
-    workers: int = Field(1, ge=1, le=64)
-    """Shards explained at once in this process (threads); keep 1 on a small CPU machine."""
+    """Features per shard: one task (one model load at most) per shard, never one per feature.
+    Shards run one after another in a process; parallelism is scale-out (flows/merge.py)."""
     out_dir: str | None = None
     """Parquet mode: shards write Parquet under this folder and the warehouse is not written;
     `flows/merge.py` upserts them later (scale-out)."""
@@ -64,7 +63,7 @@ class RelabelRequest(BaseModel):
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "request"
             message = str(first.get("ctx", {}).get("error") or first["msg"])
-            raise InputError(f"invalid {where}: {message}") from None
+            raise InputError(f"invalid {where}: {message}" if first["loc"] else message) from None
 
     def config(self) -> ExplainConfig:
         """The engine configuration: the preset with this request's overrides."""

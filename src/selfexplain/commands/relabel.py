@@ -29,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="every latent of the SAE (overrides --features)")
     parser.add_argument("--warehouse", default="warehouse.duckdb", help="DuckDB file")
     parser.add_argument("--shard-size", type=int, default=8, help="features per shard (task)")
-    parser.add_argument("--workers", type=int, default=1, help="shards explained at once")
     parser.add_argument("--out-dir", help="scale-out: write Parquet shards here instead of the "
                         "warehouse; `selfexplain import --shards DIR` merges them")
     add_config_arguments(parser)
@@ -45,7 +44,7 @@ def build_request(args: argparse.Namespace):
         model=args.model, sae=args.sae, features=args.features, all_features=args.all_features,
         preset=args.preset, scales=args.scales, samples=args.samples, seed=args.seed,
         overrides=overrides, warehouse=str(Path(args.warehouse).expanduser().resolve()),
-        shard_size=args.shard_size, workers=args.workers,
+        shard_size=args.shard_size,
         out_dir=str(Path(args.out_dir).resolve()) if args.out_dir else None,
     )
 
@@ -89,8 +88,10 @@ def _preview(warehouse: str, summary: dict) -> None:
 
     with open_reader(warehouse) as wh:
         labels = wh.query(
-            "SELECT feature, label, recovered_token, round(scale, 1) AS scale, "
-            "round(composite, 3) AS composite, failed FROM v_feature_labels "
+            "SELECT feature, left(regexp_replace(label, '\\s+', ' ', 'g'), 60) AS label, "
+            "left(regexp_replace(recovered_token, '\\s+', ' ', 'g'), 24) AS recovered_token, "
+            "round(scale, 1) AS scale, round(composite, 3) AS composite, failed "
+            "FROM v_feature_labels "
             "WHERE release = ? AND sae_id = ? ORDER BY feature",
             [summary["release"], summary["sae_id"]])
     with pl.Config(tbl_rows=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True,
