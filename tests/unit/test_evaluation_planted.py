@@ -175,3 +175,18 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     assert again.results == run.results and again.concepts == run.concepts
     assert again.config == run.config
     assert again.frame().equals(run.frame())
+
+
+def test_batched_directions_equal_the_engine_s(tiny_lm) -> None:
+    import torch
+
+    from selfexplain.evaluation.wordlists import concept_directions, planted_directions
+    from selfexplain.vectors import word_directions
+
+    words_ = [" dog", " cat", " a", " hello"]
+    ours = planted_directions(tiny_lm, words_, 2)
+    assert torch.allclose(ours, word_directions(tiny_lm, words_, 2), atol=1e-5)
+    classes = load_classes("dev")[:2]
+    directions = concept_directions(tiny_lm, words("dog", "cat") + classes, 2)
+    assert directions.shape == (4, tiny_lm.d_model)
+    assert torch.allclose(directions.norm(dim=-1), torch.ones(4), atol=1e-5)

@@ -1,0 +1,183 @@
+"""`selfexplain evaluate`: how good are the labels? Methods x metrics with counts and 95% CIs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score self-explanation and baselines offline (planted concepts, real SAE features)",
+        description="Planted concepts (word directions with known answers) and/or real features "
+        "of the SAE; self-explanation (default, faithful) side by side with VocabProj, "
+        "TokenChange and max-activating tokens. Prints methods x metrics with counts and 95% "
+        "intervals; --out writes a report (markdown + PNG).",
+    )
+    parser.add_argument("--suite", choices=["planted", "real", "all"], default="planted")
+    parser.add_argument("--limit", type=int, default=50,
+                        help="planted: first N words of the split; real: N sampled features")
+    parser.add_argument("--split", choices=["dev", "test"], default="dev",
+                        help="planted word list (tune on dev only)")
+    parser.add_argument("--methods", help="comma list of default,faithful,vocabproj,tokenchange,"
+                        "maxact (default: all)")
+    parser.add_argument("--rerank", default=None,
+                        help="selection strategies re-scored on the same samples "
+                        "(default: composite,selfsim,entropy,consensus; 'none' to skip)")
+    parser.add_argument("--no-classes", action="store_true", help="planted: words only")
+    parser.add_argument("--no-scale-quality", action="store_true",
+                        help="skip the best-scale check (label NLL per scale)")
+    parser.add_argument("--null", type=int, default=32,
+                        help="random directions per method for the failure-threshold null (0: skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; "
+                        "1 is much faster when other jobs share the cores)")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--sae", default="default", help="for --suite real/all")
+    parser.add_argument("--references", help="reference labels (Neuronpedia JSON/JSONL or CSV) "
+                        "to import and, with a judge endpoint configured, to judge against")
+    parser.add_argument("--out", help="folder for report.md, summary.csv, items.parquet, PNGs")
+    parser.add_argument("--warehouse", help="also upsert eval_result / layer_threshold rows here")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON rows")
+    parser.set_defaults(handler=run)
+
+
+def request_from_args(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from selfexplain.errors import InputError
+    from selfexplain.evaluation.suite import DEFAULT_METHODS, RERANK_STRATEGIES, EvalRequest
+
+    methods = (tuple(m.strip() for m in args.methods.split(",") if m.strip())
+               if args.methods else DEFAULT_METHODS)
+    if args.suite == "planted" and not args.methods:
+        methods = tuple(m for m in methods if m != "maxact")
+    rerank = RERANK_STRATEGIES
+    if args.rerank is not None:
+        rerank = () if args.rerank == "none" else tuple(
+            s.strip() for s in args.rerank.split(",") if s.strip())
+    try:
+        return EvalRequest(
+            suite=args.suite, limit=args.limit, split=args.split, methods=methods,
+            classes=not args.no_classes, rerank=rerank, scale_quality=not args.no_scale_quality,
+            null_directions=args.null, seed=args.seed, sae=args.sae, model=args.model,
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        raise InputError(f"invalid {where}: {first['msg']}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    request = request_from_args(args)  # validate before the slow loads
+    from selfexplain.evaluation import judge as judge_mod
+
+    endpoint = judge_mod.JudgeEndpoint.from_env(os.environ)
+    began = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    import torch
+
+    from selfexplain.evaluation.report import text_table, write_report
+    from selfexplain.evaluation.suite import eval_result_rows, run_evaluation
+    from selfexplain.models import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log(f"loading model {request.model}")
+    lm = load_model(request.model)
+    sae = stats = None
+    if request.suite in ("real", "all"):
+        sae, stats = load_sae_and_stats(request.sae)
+    output = run_evaluation(lm, request, sae=sae, stats=stats, log=log,
+                            runs_dir=f"{args.out}/runs" if args.out else None)
+    references = None
+    if args.references:
+        references = judge_mod.read_reference_labels(
+            args.references, release=sae.release if sae else None,
+            sae_id=sae.sae_id if sae else None)
+        output.notes.append(f"imported {references.height} reference labels from {args.references}")
+        if endpoint is None:
+            output.notes.append(judge_mod.SKIP_MESSAGE)
+            print(judge_mod.SKIP_MESSAGE, file=sys.stderr)
+        elif "real" in output.items:
+            output.summaries.append(judge_real(output, references, endpoint, args.out))
+    output.timings["total"] = round(time.perf_counter() - began, 1)
+    summary = output.summary
+    if args.json:
+        print(json.dumps(summary.to_dicts(), default=str))
+    else:
+        print(text_table(summary))
+        print("\nnotes:\n" + "\n".join(f"- {n}" for n in output.notes))
+        print("timings (s): " + ", ".join(f"{k} {v}" for k, v in output.timings.items()))
+    if args.out:
+        items = [f.with_columns(__import__("polars").lit(k).alias("table"))
+                 for k, f in output.items.items()]
+        path = write_report(
+            args.out, summary, title=f"selfexplain evaluate --suite {request.suite}",
+            notes=output.notes + [f"timings (s): {output.timings}", f"model: {lm.model_id} "
+                                  f"({lm.revision})"],
+            curves=output.curves, null=output.null, thresholds=output.thresholds,
+            observed=output.observed)
+        for name, frame in output.items.items():
+            frame.write_parquet(f"{args.out}/items_{name}.parquet")
+        log(f"report written to {path}")
+    if args.warehouse:
+        from selfexplain.warehouse import Warehouse
+
+        eval_id = f"eval-{int(time.time())}-{request.suite}-{request.split}"
+        frames = {
+            "eval_result": eval_result_rows(
+                output, eval_id=eval_id, model_id=lm.model_id,
+                sae_release=sae.release if sae else "", sae_id=sae.sae_id if sae else ""),
+            "layer_threshold": output.layer_thresholds,
+        }
+        if references is not None:
+            frames["reference_label"] = references
+        with Warehouse(args.warehouse) as warehouse:
+            counts = warehouse.write(frames)
+        log(f"warehouse {args.warehouse}: {counts} (eval_id {eval_id})")
+    return 0
+
+
+def load_sae_and_stats(spec: str):
+    """The SAE and its feature stats (`feature_stats.parquet` next to the SAE)."""
+    from pathlib import Path
+
+    import polars as pl
+
+    from selfexplain.errors import InputError
+    from selfexplain.saes import DEFAULT_SAE, DEFAULT_SAE_DIR, load_sae
+
+    sae = load_sae(spec)
+    folder = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec)
+    path = folder / "feature_stats.parquet"
+    if not path.is_file():
+        raise InputError(f"no feature stats at {path}: the real suite needs them (top contexts, "
+                         "single-token flags)")
+    return sae, pl.read_parquet(path)
+
+
+def judge_real(output, references, endpoint, cache_dir):
+    """Ask the judge whether any top-3 label matches the reference, for each method's labels."""
+    import polars as pl
+
+    from selfexplain.evaluation import judge as judge_mod
+    from selfexplain.evaluation.stats import summarise_binary
+
+    cache = judge_mod.JudgeCache(None if cache_dir is None else f"{cache_dir}/judge_cache.jsonl")
+    judge = judge_mod.Judge(endpoint, cache)
+    items = output.items["real"].join(
+        references.select(pl.col("feature").cast(pl.Int64), pl.col("description").alias("reference")),
+        on="feature", how="inner",
+    ).with_columns(pl.col("label").map_elements(lambda s: [s] if s else [],
+                                                return_dtype=pl.List(pl.String)).alias("labels"))
+    rows = judge_mod.judge_rows(judge, items)
+    output.items["judge"] = rows
+    return summarise_binary(rows, ("judge_match",), suite="judge")

@@ -1,0 +1,280 @@
+"""Reference labels and the authors' LLM-judge protocol, against any OpenAI-compatible endpoint.
+
+- `read_reference_labels`: Neuronpedia explanation exports (JSON list, JSONL, or `{"explanations":
+  [...]}`) or a CSV (`feature`/`index`, `description`/`label`/`explanation`) as `reference_label`
+  rows.
+- `Judge`: asks, at temperature 0, whether any of the top-3 explanations matches the reference
+  (the authors' question), and a 6-way side-by-side of two labels given the feature's contexts.
+  Responses are cached by a hash of (model, messages), so a rerun costs nothing.
+- No endpoint configured: nothing is asked and nothing is invented; callers get `None` and
+  `SKIP_MESSAGE`.
+
+Plain urllib, no client library. The core never reads the environment: `JudgeEndpoint.from_env`
+takes the mapping (the CLI passes `os.environ`).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from selfexplain.errors import InputError
+
+ENV_URL, ENV_MODEL, ENV_KEY = "SELFEXPLAIN_JUDGE_URL", "SELFEXPLAIN_JUDGE_MODEL", "SELFEXPLAIN_JUDGE_KEY"
+SKIP_MESSAGE = (
+    f"LLM judge skipped: no endpoint configured (set {ENV_URL}, e.g. http://127.0.0.1:8000/v1, "
+    f"and {ENV_MODEL}; {ENV_KEY} if it needs a key)"
+)
+
+REFERENCE_SCHEMA = {
+    "source": pl.String, "release": pl.String, "sae_id": pl.String, "feature": pl.Int32,
+    "description": pl.String, "model_id": pl.String, "layer": pl.String,
+    "explanation_model": pl.String, "source_file": pl.String,
+    "imported_at": pl.Datetime("us", "UTC"),
+}
+"""The warehouse's `reference_label` row."""
+
+MATCH_SYSTEM = "You are a careful judge of descriptions of neural network features."
+MATCH_PROMPT = (
+    "A reference description of a feature of a language model:\n{reference}\n\n"
+    "Candidate explanations of the same feature:\n{candidates}\n\n"
+    "Does any of the candidate explanations match the reference description, i.e. describe the "
+    "same concept? Answer with one word: Yes or No."
+)
+SIDE_BY_SIDE_PROMPT = (
+    "Text where a feature of a language model is most active (the active token is marked "
+    "«like this»):\n{contexts}\n\nDescription A: {a}\nDescription B: {b}\n\n"
+    "Which descriptions fit the feature? Answer with one number only:\n"
+    "1 = only A fits\n2 = only B fits\n3 = both fit equally\n4 = neither fits\n"
+    "5 = both fit, A better\n6 = both fit, B better"
+)
+SIDE_BY_SIDE = {1: "a_only", 2: "b_only", 3: "both", 4: "neither", 5: "both_a_better",
+                6: "both_b_better"}
+
+
+# -- reference labels --------------------------------------------------------------------------
+
+def _entries(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    stripped = text.lstrip()
+    if stripped.startswith("[") or stripped.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, list):
+            return data
+        if isinstance(data, dict):
+            for key in ("explanations", "features", "data", "items"):
+                if isinstance(data.get(key), list):
+                    return data[key]
+            return [data]
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}:{number}: not JSON ({err.msg})") from None
+    return out
+
+
+def _first(entry: Mapping, *keys: str) -> object:
+    for key in keys:
+        value = entry.get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def read_reference_labels(path: str | Path, *, source: str = "neuronpedia",
+                          release: str | None = None, sae_id: str | None = None
+                          ) -> pl.DataFrame:
+    """Reference labels from a Neuronpedia export (JSON / JSONL) or a CSV, one row per feature.
+
+    `release` / `sae_id` name the SAE in our warehouse; by default the export's `modelId` and
+    `layer` (e.g. `gemma-2b`, `6-res-jb`) are used. The last description of a feature wins.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"reference label file not found: {path}")
+    now = dt.datetime.now(dt.timezone.utc)
+    rows: dict[tuple[str, str, int], dict] = {}
+    for number, entry in enumerate(_entries(path), 1):
+        if not isinstance(entry, Mapping):
+            raise InputError(f"{path}: entry {number} is not an object")
+        feature = _first(entry, "index", "feature", "latent", "featureIndex")
+        description = _first(entry, "description", "explanation", "label")
+        if feature is None or description is None:
+            raise InputError(
+                f"{path}: entry {number} lacks a feature index (index/feature) or a "
+                "description (description/explanation/label)"
+            )
+        try:
+            feature = int(feature)
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: entry {number} has a non-integer feature {feature!r}") from None
+        model_id = _first(entry, "modelId", "model_id", "model")
+        layer = _first(entry, "layer", "saeId", "sae_id", "source")
+        row_release = release or _first(entry, "release") or f"{source}:{model_id or 'unknown'}"
+        row_sae = sae_id or _first(entry, "sae_id") or str(layer or "unknown")
+        rows[(str(row_release), str(row_sae), feature)] = dict(
+            source=source, release=str(row_release), sae_id=str(row_sae), feature=feature,
+            description=str(description).strip(),
+            model_id=None if model_id is None else str(model_id),
+            layer=None if layer is None else str(layer),
+            explanation_model=_first(entry, "explanationModelName", "explanation_model",
+                                     "explainer"),
+            source_file=str(path), imported_at=now,
+        )
+    return pl.DataFrame(list(rows.values()), schema=REFERENCE_SCHEMA, orient="row")
+
+
+# -- the judge ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    """An OpenAI-compatible chat-completions endpoint."""
+
+    url: str
+    """Base URL ending before `/chat/completions`, e.g. http://127.0.0.1:8000/v1."""
+    model: str
+    key: str | None = None
+    timeout_s: float = 120.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "JudgeEndpoint | None":
+        """The endpoint named by SELFEXPLAIN_JUDGE_URL / _MODEL / _KEY, or None if unset."""
+        url = (environ.get(ENV_URL) or "").strip()
+        if not url:
+            return None
+        model = (environ.get(ENV_MODEL) or "").strip()
+        if not model:
+            raise InputError(f"{ENV_URL} is set but {ENV_MODEL} is not: name the judge model")
+        return cls(url.rstrip("/"), model, (environ.get(ENV_KEY) or "").strip() or None)
+
+
+class JudgeCache:
+    """Responses keyed by sha256(model, messages), kept in memory and in an optional JSONL file."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self.entries: dict[str, str] = {}
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.entries[record["key"]] = record["response"]
+
+    @staticmethod
+    def key(model: str, messages: Sequence[Mapping[str, str]]) -> str:
+        return hashlib.sha256(json.dumps([model, list(messages)], sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, response: str) -> None:
+        self.entries[key] = response
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"key": key, "response": response}) + "\n")
+
+
+class JudgeError(InputError):
+    """The endpoint answered with an error or something that is not a chat completion."""
+
+
+class Judge:
+    """Asks the endpoint at temperature 0; every response cached."""
+
+    def __init__(self, endpoint: JudgeEndpoint, cache: JudgeCache | None = None) -> None:
+        self.endpoint = endpoint
+        self.cache = cache or JudgeCache()
+        self.requests = 0
+
+    def complete(self, messages: list[dict[str, str]], max_tokens: int = 8) -> str:
+        key = JudgeCache.key(self.endpoint.model, messages)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        body = json.dumps({"model": self.endpoint.model, "messages": messages,
+                           "temperature": 0, "max_tokens": max_tokens}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.endpoint.key:
+            headers["Authorization"] = f"Bearer {self.endpoint.key}"
+        request = urllib.request.Request(f"{self.endpoint.url}/chat/completions", data=body,
+                                         headers=headers, method="POST")
+        self.requests += 1
+        try:
+            with urllib.request.urlopen(request, timeout=self.endpoint.timeout_s) as response:
+                payload = json.loads(response.read().decode())
+        except urllib.error.HTTPError as err:
+            raise JudgeError(f"judge endpoint answered HTTP {err.code}: {err.reason}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            raise JudgeError(f"cannot reach judge endpoint {self.endpoint.url}: {err}") from None
+        except json.JSONDecodeError:
+            raise JudgeError("judge endpoint did not answer JSON") from None
+        try:
+            text = payload["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise JudgeError("judge endpoint's answer has no choices[0].message.content") from None
+        self.cache.put(key, text)
+        return text
+
+    def matches(self, reference: str, candidates: Sequence[str]) -> tuple[bool | None, str]:
+        """The authors' question: does any of the top-3 candidates match the reference?"""
+        listed = "\n".join(f"{i}. {c}" for i, c in enumerate(candidates[:3], 1)) or "(none)"
+        messages = [{"role": "system", "content": MATCH_SYSTEM},
+                     {"role": "user", "content": MATCH_PROMPT.format(reference=reference,
+                                                                      candidates=listed)}]
+        answer = self.complete(messages)
+        return parse_yes_no(answer), answer
+
+    def side_by_side(self, contexts: Sequence[str], label_a: str, label_b: str
+                     ) -> tuple[str | None, str]:
+        """6-way comparison of two labels given the feature's top contexts."""
+        shown = "\n".join(f"- {c}" for c in contexts[:10]) or "(no contexts)"
+        messages = [{"role": "system", "content": MATCH_SYSTEM},
+                     {"role": "user", "content": SIDE_BY_SIDE_PROMPT.format(
+                         contexts=shown, a=label_a, b=label_b)}]
+        answer = self.complete(messages)
+        match = re.search(r"[1-6]", answer)
+        return (SIDE_BY_SIDE[int(match.group())] if match else None), answer
+
+
+def parse_yes_no(answer: str) -> bool | None:
+    """`Yes` / `No` at the start of the answer (case, punctuation ignored); else None."""
+    match = re.match(r"\W*(yes|no)\b", answer.strip().lower())
+    return None if match is None else match.group(1) == "yes"
+
+
+def judge_rows(judge: Judge | None, items: pl.DataFrame) -> pl.DataFrame | None:
+    """Judge each item (`method`, `feature`, `reference`, `labels`); None when no judge.
+
+    Returns rows (method, feature, judge_match, response); an unparseable answer gives a null
+    match (counted as missing, never as a guess).
+    """
+    if judge is None:
+        return None
+    out = []
+    for row in items.iter_rows(named=True):
+        verdict, answer = judge.matches(row["reference"], row["labels"] or [])
+        out.append(dict(method=row["method"], feature=row["feature"], judge_match=verdict,
+                        response=answer))
+    return pl.DataFrame(out, schema={"method": pl.String, "feature": pl.Int64,
+                                     "judge_match": pl.Boolean, "response": pl.String},
+                        orient="row")

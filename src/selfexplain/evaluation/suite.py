@@ -1,0 +1,364 @@
+"""What `selfexplain evaluate` runs: the planted and real suites, every method side by side.
+
+One frozen `EvalRequest` (built at the edge: CLI flags or flow parameters) goes in; an `EvalOutput`
+(per-item frames, a methods x metrics summary with counts and 95% intervals, plot data, layer
+thresholds) comes out. `eval_result_rows` turns the items into the warehouse's `eval_result` rows.
+No Prefect, no environment, no files except what the request names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from selfexplain.config import ExplainConfig
+from selfexplain.errors import InputError
+from selfexplain.evaluation import baselines, planted, real, scale_quality, thresholds
+from selfexplain.evaluation.stats import summary_frame
+from selfexplain.evaluation.wordlists import concept_directions, load_classes, load_words
+from selfexplain.models import LoadedModel
+
+SELF_METHODS = ("default", "faithful")
+"""Self-explanation methods: the presets of ExplainConfig."""
+BASELINES = ("vocabproj", "tokenchange", "maxact")
+ALL_METHODS = SELF_METHODS + BASELINES
+DEFAULT_METHODS = ("default", "faithful", "vocabproj", "tokenchange", "maxact")
+RERANK_STRATEGIES = ("composite", "selfsim", "entropy", "consensus")
+"""Selection strategies re-scored on each self-explanation run's samples (no re-sampling)."""
+
+
+class EvalRequest(BaseModel):
+    """Everything one evaluation needs; defaults live here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    suite: Literal["planted", "real", "all"] = "planted"
+    limit: int = Field(50, ge=1)
+    """Planted: the first N words of the split. Real: N sampled live SAE features."""
+    split: Literal["dev", "test"] = "dev"
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    classes: bool = True
+    """Planted: also the split's class concepts (animals, colours, ...)."""
+    rerank: tuple[str, ...] = RERANK_STRATEGIES
+    """Re-score each self-explanation run's samples under these selection strategies."""
+    scale_quality: bool = True
+    null_directions: int = Field(32, ge=0)
+    """Random directions per self-explanation method for the failure-threshold null (0: skip)."""
+    null_kind: Literal["isotropic", "residual"] = "isotropic"
+    threshold_quantile: float = Field(0.95, gt=0, lt=1)
+    tokenchange_scale: float = Field(1.0, gt=0)
+    """TokenChange amplification, in units of the typical residual norm at the injection layer."""
+    baseline_k: int = Field(10, ge=1)
+    seed: int = 0
+    sae: str = "default"
+    model: str = "default"
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in methods if m not in ALL_METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}: choose from {list(ALL_METHODS)}")
+        if not methods:
+            raise ValueError("give at least one method")
+        return tuple(dict.fromkeys(methods))
+
+    @field_validator("rerank")
+    @classmethod
+    def _rerank(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from selfexplain.selection import STRATEGIES
+
+        unknown = [n for n in names if n not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"unknown selection strategy {unknown}: choose from {list(STRATEGIES)}")
+        return names
+
+
+@dataclass
+class EvalOutput:
+    """Per-item frames by suite, the summary, and what the report plots."""
+
+    request: EvalRequest
+    items: dict[str, pl.DataFrame] = field(default_factory=dict)
+    summaries: list[pl.DataFrame] = field(default_factory=list)
+    curves: dict[str, pl.DataFrame] = field(default_factory=dict)
+    null: dict[str, list[float]] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    threshold_rows: list[pl.DataFrame] = field(default_factory=list)
+    observed: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+    """Method -> settings hash of its config."""
+    runs: dict[str, planted.PlantedRun] = field(default_factory=dict)
+    runs_dir: Path | None = None
+
+    @property
+    def summary(self) -> pl.DataFrame:
+        frames = [f for f in self.summaries if f.height]
+        return pl.concat(frames) if frames else summary_frame([])
+
+    @property
+    def layer_thresholds(self) -> pl.DataFrame:
+        frames = [f for f in self.threshold_rows if f.height]
+        return pl.concat(frames) if frames else pl.DataFrame(schema=thresholds.THRESHOLD_SCHEMA)
+
+
+Log = Callable[[str], None]
+
+
+def _config(method: str, request: EvalRequest) -> ExplainConfig:
+    return ExplainConfig.from_preset(method, seed=request.seed)  # type: ignore[arg-type]
+
+
+def run_evaluation(lm: LoadedModel, request: EvalRequest, *, sae=None, stats=None,
+                   embedder=None, log: Log | None = None,
+                   runs_dir: str | Path | None = None) -> EvalOutput:
+    """Run the requested suites; `sae` / `stats` (feature stats frame) are needed for `real`.
+
+    With `runs_dir`, each planted self-explanation run is saved there as JSON as soon as it is
+    done (`planted_<method>_<split>.json`), to be re-scored later (`planted.load_results`).
+    """
+    log = log or (lambda _msg: None)
+    out = EvalOutput(request)
+    out.runs_dir = None if runs_dir is None else Path(runs_dir)
+    if request.suite in ("planted", "all"):
+        run_planted_suite(lm, request, out, log)
+    if request.suite in ("real", "all"):
+        if sae is None or stats is None:
+            raise InputError("the real suite needs the SAE and its feature stats")
+        run_real_suite(lm, request, out, sae, stats, embedder, log)
+    return out
+
+
+def _timed(out: EvalOutput, key: str, began: float) -> None:
+    out.timings[key] = round(time.perf_counter() - began, 1)
+
+
+def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, log: Log) -> None:
+    from selfexplain.explain import SelfExplainer
+
+    concepts = load_words(request.split, request.limit)
+    if request.classes:
+        concepts += load_classes(request.split)
+    split = request.split
+    out.notes.append(
+        f"planted: {sum(c.kind == 'word' for c in concepts)} words and "
+        f"{sum(c.kind == 'class' for c in concepts)} classes of the {split.upper()} list; "
+        "hit = a top-3 meaning explanation names the word (inflections allowed) or, for a class, "
+        "a member or hypernym"
+    )
+    frames: list[pl.DataFrame] = []
+    scale_frames: list[pl.DataFrame] = []
+    flag_frames: list[pl.DataFrame] = []
+    unit = None
+    for method in (m for m in request.methods if m in SELF_METHODS):
+        began = time.perf_counter()
+        config = _config(method, request)
+        log(f"planted: {method} on {len(concepts)} concepts")
+        explainer = SelfExplainer(lm, config)
+        unit = explainer.unit if config.scale_unit == "relative" else unit
+        run = planted.run_planted(lm, config, concepts, explainer=explainer)
+        out.runs[method] = run
+        if out.runs_dir is not None:
+            planted.save_results(out.runs_dir / f"planted_{method}_{split}.json", run)
+        out.settings[method] = config.settings_hash()
+        rows = run.frame(method)
+        frames.append(rows)
+        if request.rerank:
+            frames.append(run.strategies(list(request.rerank), prefix=f"{method}:"))
+        out.curves[method] = scale_quality.scale_curves(run.results, concepts)
+        _timed(out, f"planted/{method}", began)
+        if request.scale_quality:
+            began = time.perf_counter()
+            directions = concept_directions(lm, concepts, config.injection_layer)
+            # the known label: the word, or a class's first hypernym ("animal")
+            label = [c.members[0] if c.kind == "word" else c.answers[len(c.members)]
+                     for c in concepts]
+            nll = scale_quality.label_nll(explainer, directions, label)
+            part = scale_quality.scale_choice_rows(
+                run.results, concepts, nll, min_scale=run.min_scale,
+                entropy_metric=config.entropy_metric)
+            scale_frames.append(part.with_columns(pl.lit(method).alias("run")))
+            _timed(out, f"scale_quality/{method}", began)
+        if request.null_directions:
+            began = time.perf_counter()
+            log(f"planted: {method} null of {request.null_directions} random directions")
+            null = thresholds.null_distribution(explainer, request.null_directions,
+                                                seed=request.seed, kind=request.null_kind)
+            trows = thresholds.threshold_rows(explainer, null, layer=config.injection_layer,
+                                              quantile=request.threshold_quantile)
+            out.threshold_rows.append(trows)
+            for prompt, values in null.items():
+                out.null[f"{prompt} ({method})"] = values.tolist()
+            meaning_threshold = float(trows.filter(pl.col("prompt") == "meaning")["threshold"][0])
+            out.thresholds[f"meaning ({method})"] = meaning_threshold
+            words_rows = rows.filter(pl.col("kind") == "word")
+            out.observed[f"meaning ({method}) planted words"] = words_rows["max_selfsim"].to_list()
+            flag_frames.append(thresholds.flag_summary(
+                words_rows, {"0.01": thresholds.POST_THRESHOLD,
+                             f"null{int(request.threshold_quantile * 100)}": meaning_threshold},
+                outcome="hit_top3", split=split))
+            _timed(out, f"null/{method}", began)
+
+    baseline_methods = [m for m in request.methods if m in ("vocabproj", "tokenchange")]
+    if baseline_methods:
+        began = time.perf_counter()
+        layer = ExplainConfig.from_preset("default").injection_layer
+        directions = concept_directions(lm, concepts, layer)
+        for method in baseline_methods:
+            log(f"planted: {method}")
+            labels = _baseline_labels(lm, method, directions, layer, request, unit)
+            frames.append(planted.score_labels(labels, concepts, method=method, samples=labels,
+                                               recovered=[ls[0] if ls else None for ls in labels]))
+        _timed(out, "planted/baselines", began)
+    items = pl.concat(frames) if frames else pl.DataFrame(schema=planted.ROW_SCHEMA)
+    out.items["planted"] = items
+    out.summaries.append(planted.summarise_planted(items, split=split, settings=out.settings))
+    if scale_frames:
+        scale_rows = pl.concat(scale_frames).with_columns(
+            (pl.col("run") + ":" + pl.col("method")).alias("method")).drop("run")
+        out.items["scale_selection"] = scale_rows
+        out.summaries.append(scale_quality.summarise_scale_choice(scale_rows, split=split))
+    out.summaries.extend(flag_frames)
+
+
+def _baseline_labels(lm: LoadedModel, method: str, directions, layer: int, request: EvalRequest,
+                     unit: float | None) -> list[list[str]]:
+    if method == "vocabproj":
+        return baselines.vocabproj(lm, directions, k=request.baseline_k)
+    if unit is None:
+        from selfexplain.explain import NORM_TEXTS
+        from selfexplain.forward import residual_norm
+
+        unit = residual_norm(lm, layer, list(NORM_TEXTS))
+    return baselines.tokenchange(lm, directions, layer, request.tokenchange_scale * unit,
+                                 k=request.baseline_k)
+
+
+def sample_features(stats: pl.DataFrame, limit: int, seed: int) -> list[int]:
+    """A seeded sample of `limit` live features (density > 0, with contexts), sorted."""
+    live = stats.filter((pl.col("density") > 0) & (pl.col("top_contexts").list.len() > 0))
+    pool = live["feature"].to_list()
+    rng = random.Random(seed)
+    return sorted(rng.sample(pool, min(limit, len(pool))))
+
+
+def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, stats,
+                   embedder, log: Log) -> None:
+    from selfexplain.explain import SelfExplainer, explain_sae_features
+
+    embedder = embedder or real.Embedder()
+    features = sample_features(stats, request.limit, request.seed)
+    if len(features) < 2:
+        raise InputError("the SAE's feature stats have fewer than 2 live features")
+    n_single = int(stats.filter(pl.col("feature").is_in(features))["single_token"].sum())
+    out.notes.append(
+        f"real: {len(features)} live features of SAE {sae.release}/{sae.sae_id} (seeded sample), "
+        f"{n_single} single-token; embedding control = the same label on a deranged feature's "
+        "contexts"
+    )
+    frames = []
+    flag_frames = []
+    unit = None
+    for method in (m for m in request.methods if m in SELF_METHODS):
+        began = time.perf_counter()
+        config = _config(method, request)
+        log(f"real: {method} on {len(features)} features")
+        explainer = SelfExplainer(lm, config)
+        unit = explainer.unit if config.scale_unit == "relative" else unit
+        results, _skipped = explain_sae_features(lm, sae, features, config, explainer=explainer)
+        feats, labels, recovered, failed, sims = real.selfexplain_inputs(results)
+        rows = real.score_real(method, feats, labels, recovered, stats, embedder,
+                               seed=request.seed, failed=failed, max_selfsim=sims)
+        frames.append(rows)
+        out.settings[method] = config.settings_hash()
+        _timed(out, f"real/{method}", began)
+        verdict = rows.with_columns((pl.col("sim_own") > pl.col("sim_other")).alias("embed_win"))
+        null_key = f"meaning ({method})"
+        named = {"0.01": thresholds.POST_THRESHOLD}
+        if null_key in out.thresholds:
+            named[f"null{int(request.threshold_quantile * 100)}"] = out.thresholds[null_key]
+        flag_frames.append(thresholds.flag_summary(verdict, named, outcome="embed_win",
+                                                   split="real").with_columns(
+            pl.lit("failure_flag_real").alias("suite")))
+    directions, kept, _ = sae.unit_directions(features)
+    layer = ExplainConfig.from_preset("default").injection_layer
+    for method in (m for m in request.methods if m in BASELINES):
+        began = time.perf_counter()
+        log(f"real: {method}")
+        if method == "maxact":
+            token_lists = baselines.maxact_tokens(stats, kept, k=request.baseline_k)
+            recovered = None  # max-activating tokens are the ground truth of token recovery
+        else:
+            token_lists = _baseline_labels(lm, method, directions, layer, request, unit)
+            recovered = [ls[0] if ls else None for ls in token_lists]
+        labels = [", ".join(ls[:5]) if ls else None for ls in token_lists]
+        frames.append(real.score_real(method, kept, labels, recovered, stats, embedder,
+                                      seed=request.seed))
+        _timed(out, f"real/{method}", began)
+    items = pl.concat(frames)
+    out.items["real"] = items
+    out.summaries.append(real.summarise_real(items, split="real"))
+    out.summaries.extend(flag_frames)
+
+
+# -- warehouse rows ----------------------------------------------------------------------------
+
+EVAL_RESULT_SCHEMA = {
+    "eval_id": pl.String, "suite": pl.String, "release": pl.String, "sae_id": pl.String,
+    "feature": pl.Int32, "method": pl.String, "metric": pl.String, "value": pl.Float64,
+    "name": pl.String, "detail_json": pl.String, "model_id": pl.String,
+    "settings_hash": pl.String, "run_id": pl.String, "created_at": pl.Datetime("us", "UTC"),
+}
+_ITEM_METRICS = {
+    "planted": ("hit_top1", "hit_top3", "hit_any", "recovered_exact", "recovered_match",
+                "failed", "max_selfsim"),
+    "scale_selection": ("top3_exact", "top3_near", "best_scale"),
+    "real": ("recovered_exact", "label_names_token", "sim_own", "sim_other", "failed",
+             "max_selfsim"),
+}
+_DETAIL = {
+    "planted": ("labels", "recovered", "matched", "kind", "pos"),
+    "scale_selection": ("chosen_scales", "eligible"),
+    "real": ("label", "recovered", "top_token", "single_token", "other_feature"),
+}
+
+
+def eval_result_rows(output: EvalOutput, *, eval_id: str, model_id: str, sae_release: str = "",
+                     sae_id: str = "", created_at: dt.datetime | None = None) -> pl.DataFrame:
+    """Per item and metric, the warehouse's `eval_result` rows (null values dropped)."""
+    created_at = created_at or dt.datetime.now(dt.timezone.utc)
+    split = output.request.split
+    records = []
+    for suite, items in output.items.items():
+        base = suite.split("_")[0] if suite != "scale_selection" else suite
+        for row in items.iter_rows(named=True):
+            method = row["method"]
+            if suite == "real":
+                release, set_id = sae_release, sae_id
+            else:
+                release, set_id = "planted", f"{row.get('kind', 'word')}s_{split}"
+            detail = {k: row[k] for k in _DETAIL[base] if k in row}
+            for metric in _ITEM_METRICS[base]:
+                value = row.get(metric)
+                if value is None:
+                    continue
+                records.append(dict(
+                    eval_id=eval_id, suite=suite, release=release, sae_id=set_id,
+                    feature=int(row["feature"]), method=method, metric=metric,
+                    value=float(value), name=row.get("name"),
+                    detail_json=json.dumps(detail, default=str), model_id=model_id,
+                    settings_hash=output.settings.get(method.split(":")[0]), run_id=None,
+                    created_at=created_at,
+                ))
+    return pl.DataFrame(records, schema=EVAL_RESULT_SCHEMA, orient="row")

@@ -1,0 +1,156 @@
+"""Reference label import and the LLM judge against a fake chat-completions server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import polars as pl
+import pytest
+
+from selfexplain.errors import InputError
+from selfexplain.evaluation import judge as judge_mod
+
+
+class _FakeChat(BaseHTTPRequestHandler):
+    """Answers Yes when the reference's first word appears among the candidates, else No."""
+
+    seen: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _FakeChat.seen.append({"path": self.path, "body": body,
+                               "auth": self.headers.get("Authorization")})
+        if self.path != "/v1/chat/completions":
+            self.send_response(404)
+            self.end_headers()
+            return
+        prompt = body["messages"][-1]["content"]
+        if "Which descriptions fit" in prompt:
+            answer = "5"
+        else:
+            reference = prompt.split("description of a feature of a language model:\n")[1]
+            first = reference.split()[0].lower()
+            candidates = prompt.split("Candidate explanations of the same feature:\n")[1]
+            candidates = candidates.split("\n\nDoes any")[0].lower()
+            answer = "Yes." if first in candidates else "No"
+        payload = {"id": "x", "object": "chat.completion",
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                "finish_reason": "stop"}]}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_server():
+    _FakeChat.seen = []
+    server = HTTPServer(("127.0.0.1", 0), _FakeChat)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_endpoint_from_env() -> None:
+    assert judge_mod.JudgeEndpoint.from_env({}) is None
+    endpoint = judge_mod.JudgeEndpoint.from_env({
+        judge_mod.ENV_URL: "http://h/v1/", judge_mod.ENV_MODEL: "m", judge_mod.ENV_KEY: "k"})
+    assert endpoint == judge_mod.JudgeEndpoint("http://h/v1", "m", "k")
+    with pytest.raises(InputError, match="SELFEXPLAIN_JUDGE_MODEL"):
+        judge_mod.JudgeEndpoint.from_env({judge_mod.ENV_URL: "http://h/v1"})
+    assert judge_mod.judge_rows(None, pl.DataFrame()) is None  # no endpoint: nothing asked
+
+
+def test_judge_against_fake_server(fake_server, tmp_path) -> None:
+    endpoint = judge_mod.JudgeEndpoint(fake_server, "judge-model", key="secret")
+    cache = judge_mod.JudgeCache(tmp_path / "cache.jsonl")
+    judge = judge_mod.Judge(endpoint, cache)
+    verdict, answer = judge.matches("dogs and other pets", ["a loyal dogs friend", "x", "y"])
+    assert verdict is True and answer == "Yes."
+    assert judge.matches("cats", ["about dogs"])[0] is False
+    request = _FakeChat.seen[0]
+    assert request["body"]["temperature"] == 0 and request["body"]["model"] == "judge-model"
+    assert request["auth"] == "Bearer secret"
+    assert "1. a loyal dogs friend\n2. x\n3. y" in request["body"]["messages"][-1]["content"]
+    # cached: asking again sends nothing, also from a fresh judge reading the cache file
+    judge.matches("dogs and other pets", ["a loyal dogs friend", "x", "y"])
+    assert judge.requests == 2 and len(_FakeChat.seen) == 2
+    again = judge_mod.Judge(endpoint, judge_mod.JudgeCache(tmp_path / "cache.jsonl"))
+    assert again.matches("cats", ["about dogs"])[0] is False and again.requests == 0
+    outcome, _ = judge.side_by_side(["the «dog» barked"], "dogs", "animals")
+    assert outcome == "both_a_better"
+    items = pl.DataFrame({"method": ["default", "vocabproj"], "feature": [1, 1],
+                          "reference": ["dogs", "dogs"], "labels": [["dogs"], ["cat"]]})
+    rows = judge_mod.judge_rows(judge, items)
+    assert rows["judge_match"].to_list() == [True, False]
+
+
+def test_judge_errors_are_clear(fake_server) -> None:
+    bad = judge_mod.Judge(judge_mod.JudgeEndpoint(fake_server.replace("/v1", "/nope"), "m"))
+    with pytest.raises(judge_mod.JudgeError, match="HTTP 404"):
+        bad.matches("a", ["b"])
+    unreachable = judge_mod.Judge(judge_mod.JudgeEndpoint("http://127.0.0.1:9/v1", "m",
+                                                          timeout_s=2))
+    with pytest.raises(judge_mod.JudgeError, match="cannot reach"):
+        unreachable.matches("a", ["b"])
+
+
+@pytest.mark.parametrize("answer,expected", [("Yes", True), (" no.", False), ("YES, it does", True),
+                                             ("Maybe", None), ("", None), ("Nope", None)])
+def test_parse_yes_no(answer: str, expected: bool | None) -> None:
+    assert judge_mod.parse_yes_no(answer) is expected
+
+
+def test_read_reference_labels(tmp_path) -> None:
+    export = [
+        {"modelId": "gemma-2b", "layer": "6-res-jb", "index": "12", "description": " dogs ",
+         "explanationModelName": "gpt-3.5-turbo", "typeName": "oai_token-act-pair"},
+        {"modelId": "gemma-2b", "layer": "6-res-jb", "index": 40, "description": "the word of"},
+    ]
+    as_json = tmp_path / "np.json"
+    as_json.write_text(json.dumps(export))
+    rows = judge_mod.read_reference_labels(as_json)
+    assert rows["feature"].to_list() == [12, 40]
+    assert rows["description"][0] == "dogs" and rows["explanation_model"][0] == "gpt-3.5-turbo"
+    assert rows["release"][0] == "neuronpedia:gemma-2b" and rows["sae_id"][0] == "6-res-jb"
+    as_jsonl = tmp_path / "np.jsonl"
+    as_jsonl.write_text("\n".join(json.dumps(e) for e in export))
+    named = judge_mod.read_reference_labels(as_jsonl, release="gemma-2b-res-jb",
+                                            sae_id="blocks.6.hook_resid_post")
+    assert set(named["release"]) == {"gemma-2b-res-jb"}
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"explanations": export}))
+    assert judge_mod.read_reference_labels(wrapped).height == 2
+    as_csv = tmp_path / "refs.csv"
+    as_csv.write_text("feature,label\n3,numbers\n3,digits\n5,colours\n")
+    csv_rows = judge_mod.read_reference_labels(as_csv, source="manual", release="r", sae_id="s")
+    assert csv_rows.sort("feature")["description"].to_list() == ["digits", "colours"]  # last wins
+    broken = tmp_path / "broken.csv"
+    broken.write_text("feature,text\n3,x\n")
+    with pytest.raises(InputError, match="description"):
+        judge_mod.read_reference_labels(broken)
+    with pytest.raises(InputError, match="not found"):
+        judge_mod.read_reference_labels(tmp_path / "missing.json")
+
+
+def test_reference_rows_upsert_into_the_warehouse(tmp_path) -> None:
+    from selfexplain.warehouse import Warehouse
+
+    path = tmp_path / "refs.csv"
+    path.write_text("feature,description\n1,dogs\n2,cats\n")
+    rows = judge_mod.read_reference_labels(path, release="r", sae_id="s")
+    with Warehouse(":memory:") as warehouse:
+        assert warehouse.upsert("reference_label", rows) == 2
+        assert warehouse.upsert("reference_label", rows) == 2
+        assert warehouse.table("reference_label").height == 2
