@@ -147,21 +147,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_sae_and_stats(spec: str):
-    """The SAE and its feature stats (`feature_stats.parquet` next to the SAE)."""
-    from pathlib import Path
+    """The SAE and its feature statistics (`feature_stats.parquet` in its folder)."""
+    from selfexplain.evaluation.real import feature_stats_for
+    from selfexplain.saes import load_sae
 
-    import polars as pl
-
-    from selfexplain.errors import InputError
-    from selfexplain.saes import DEFAULT_SAE, DEFAULT_SAE_DIR, load_sae
-
-    sae = load_sae(spec)
-    folder = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec)
-    path = folder / "feature_stats.parquet"
-    if not path.is_file():
-        raise InputError(f"no feature stats at {path}: the real suite needs them (top contexts, "
-                         "single-token flags)")
-    return sae, pl.read_parquet(path)
+    stats = feature_stats_for(spec)  # fails fast, before the SAE load
+    return load_sae(spec), stats
 
 
 def judge_real(output, references, endpoint, cache_dir):
@@ -176,8 +167,7 @@ def judge_real(output, references, endpoint, cache_dir):
     items = output.items["real"].join(
         references.select(pl.col("feature").cast(pl.Int64), pl.col("description").alias("reference")),
         on="feature", how="inner",
-    ).with_columns(pl.col("label").map_elements(lambda s: [s] if s else [],
-                                                return_dtype=pl.List(pl.String)).alias("labels"))
+    )
     rows = judge_mod.judge_rows(judge, items)
     output.items["judge"] = rows
     return summarise_binary(rows, ("judge_match",), suite="judge")

@@ -28,7 +28,7 @@ from selfexplain.config import ExplainConfig
 from selfexplain.evaluation.matching import names_any, same_token
 from selfexplain.evaluation.stats import summarise_binary
 from selfexplain.evaluation.wordlists import Concept, concept_directions
-from selfexplain.explain import SelfExplainer
+from selfexplain.explain import SelfExplainer, recover_token
 from selfexplain.metrics import composite as composite_metric
 from selfexplain.metrics import nearest_scale_index
 from selfexplain.models import LoadedModel
@@ -147,7 +147,9 @@ def score_strategies(results: Sequence[FeatureExplanation], concepts: Sequence[C
     """Score several selection strategies on the same sampled candidates (no re-sampling).
 
     `strategies` is a list of names in STRATEGIES or {method name: name or callable}. The method
-    column is `prefix + name`. The repeat prompt is re-ranked by the same strategy.
+    column is `prefix + name`. The repeat prompt is re-ranked by the same strategy and its token
+    recovered as the engine does (`explain.recover_token`: top answer for `composite`, else the
+    majority answer).
     """
     named = strategies if isinstance(strategies, dict) else {s: s for s in strategies}
     frames = []
@@ -155,9 +157,10 @@ def score_strategies(results: Sequence[FeatureExplanation], concepts: Sequence[C
         kw = dict(min_scale=min_scale, entropy_metric=entropy_metric, alpha=alpha)
         labels = [[c.text for c in rerank(fe, strategy, **kw)] for fe in results]
         recovered = []
+        majority = strategy != "composite"  # as the engine: the post's top answer, else majority
         for fe in results:
             repeat = rerank(fe, strategy, prompt=REPEAT, **kw)
-            recovered.append(next((c.text for c in repeat if c.text), None))
+            recovered.append(recover_token(repeat, majority=majority))
         frames.append(score_labels(
             labels, concepts, method=prefix + name,
             samples=[[c.text for c in fe.candidates if c.prompt == MEANING] for fe in results],

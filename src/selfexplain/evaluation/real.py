@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -43,11 +43,24 @@ _MARK = re.compile(r"[«»]")
 
 ROW_SCHEMA = {
     "suite": pl.String, "method": pl.String, "feature": pl.Int64, "single_token": pl.Boolean,
-    "top_token": pl.String, "label": pl.String, "recovered": pl.String,
+    "top_token": pl.String, "label": pl.String, "labels": pl.List(pl.String),
+    "recovered": pl.String,
     "recovered_exact": pl.Boolean, "label_names_token": pl.Boolean, "sim_own": pl.Float64,
     "sim_other": pl.Float64, "other_feature": pl.Int64, "failed": pl.Boolean,
     "max_selfsim": pl.Float64,
 }
+
+
+def feature_stats_for(spec: str) -> pl.DataFrame:
+    """The feature statistics shipped with an SAE spec (`default` or a sae-lens folder)."""
+    from selfexplain.saes import DEFAULT_SAE, DEFAULT_SAE_DIR
+    from selfexplain.stats import load_feature_stats
+
+    folder = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"the real suite needs an SAE folder with feature statistics; {spec!r} "
+                         "is not one")
+    return load_feature_stats(folder)
 
 
 def minilm_path() -> Path:
@@ -104,13 +117,16 @@ def context_texts(stats_row: dict, k: int = 10) -> list[str]:
 
 
 def score_real(method: str, features: Sequence[int], labels: Sequence[str | None],
-               recovered: Sequence[str | None] | None, stats: pl.DataFrame, embedder: Embedder,
-               *, seed: int = 0, failed: Sequence[bool] | None = None,
+               recovered: Sequence[str | None] | None, stats: pl.DataFrame,
+               embedder: Callable[[Sequence[str]], Tensor], *, seed: int = 0,
+               top_labels: Sequence[Sequence[str]] | None = None,
+               failed: Sequence[bool] | None = None,
                max_selfsim: Sequence[float] | None = None, n_contexts: int = 10) -> pl.DataFrame:
     """Per feature: token recovery (if single-token) and own/other context similarity of `labels`.
 
     `labels[i]` is the method's label text for `features[i]` (None: no label); `recovered[i]` its
-    literal token (None list: the method offers none).
+    literal token (None list: the method offers none); `top_labels[i]` its top-3 (for the judge).
+    `embedder` maps texts to unit vectors (n, dim), e.g. an `Embedder`.
     """
     by_feature = {int(r["feature"]): r for r in stats.iter_rows(named=True)}
     missing = [f for f in features if f not in by_feature]
@@ -139,6 +155,7 @@ def score_real(method: str, features: Sequence[int], labels: Sequence[str | None
         rows.append(dict(
             suite="real", method=method, feature=f, single_token=single, top_token=top,
             label=label, recovered=token,
+            labels=list(top_labels[i]) if top_labels is not None else ([label] if label else []),
             recovered_exact=(None if recovered is None or not single or top is None
                              else token is not None and same_token(token, top)),
             label_names_token=(None if not single or top is None or not top.strip() or not label
@@ -150,12 +167,13 @@ def score_real(method: str, features: Sequence[int], labels: Sequence[str | None
     return pl.DataFrame(rows, schema=ROW_SCHEMA, orient="row")
 
 
-def selfexplain_inputs(results: Sequence[FeatureExplanation]
-                       ) -> tuple[list[int], list[str | None], list[str | None], list[bool], list[float]]:
-    """(features, top label, recovered token, failed, max selfsim) of engine results."""
-    return ([fe.feature for fe in results], [fe.label for fe in results],
-            [fe.recovered_token for fe in results], [fe.failed for fe in results],
-            [fe.max_selfsim for fe in results])
+def selfexplain_inputs(results: Sequence[FeatureExplanation]) -> dict[str, list]:
+    """`score_real` keyword arguments from engine results (label = the top explanation)."""
+    return dict(features=[fe.feature for fe in results], labels=[fe.label for fe in results],
+                recovered=[fe.recovered_token for fe in results],
+                top_labels=[[c.text for c in fe.explanations] for fe in results],
+                failed=[fe.failed for fe in results],
+                max_selfsim=[fe.max_selfsim for fe in results])
 
 
 def summarise_real(rows: pl.DataFrame, *, split: str | None = None) -> pl.DataFrame:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -61,6 +61,9 @@ class EvalRequest(BaseModel):
     seed: int = 0
     sae: str = "default"
     model: str = "default"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """ExplainConfig fields applied to every self-explanation preset (e.g. for tiny test models);
+    leave empty to evaluate the presets as they are."""
 
     @field_validator("methods")
     @classmethod
@@ -117,7 +120,8 @@ Log = Callable[[str], None]
 
 
 def _config(method: str, request: EvalRequest) -> ExplainConfig:
-    return ExplainConfig.from_preset(method, seed=request.seed)  # type: ignore[arg-type]
+    return ExplainConfig.from_preset(method, **{**request.overrides,  # type: ignore[arg-type]
+                                                "seed": request.seed})
 
 
 def run_evaluation(lm: LoadedModel, request: EvalRequest, *, sae=None, stats=None,
@@ -213,7 +217,7 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
     baseline_methods = [m for m in request.methods if m in ("vocabproj", "tokenchange")]
     if baseline_methods:
         began = time.perf_counter()
-        layer = ExplainConfig.from_preset("default").injection_layer
+        layer = _config("default", request).injection_layer
         directions = concept_directions(lm, concepts, layer)
         for method in baseline_methods:
             log(f"planted: {method}")
@@ -277,9 +281,8 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         explainer = SelfExplainer(lm, config)
         unit = explainer.unit if config.scale_unit == "relative" else unit
         results, _skipped = explain_sae_features(lm, sae, features, config, explainer=explainer)
-        feats, labels, recovered, failed, sims = real.selfexplain_inputs(results)
-        rows = real.score_real(method, feats, labels, recovered, stats, embedder,
-                               seed=request.seed, failed=failed, max_selfsim=sims)
+        rows = real.score_real(method, stats=stats, embedder=embedder, seed=request.seed,
+                               **real.selfexplain_inputs(results))
         frames.append(rows)
         out.settings[method] = config.settings_hash()
         _timed(out, f"real/{method}", began)
@@ -292,7 +295,7 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
                                                    split="real").with_columns(
             pl.lit("failure_flag_real").alias("suite")))
     directions, kept, _ = sae.unit_directions(features)
-    layer = ExplainConfig.from_preset("default").injection_layer
+    layer = _config("default", request).injection_layer
     for method in (m for m in request.methods if m in BASELINES):
         began = time.perf_counter()
         log(f"real: {method}")
@@ -304,7 +307,7 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
             recovered = [ls[0] if ls else None for ls in token_lists]
         labels = [", ".join(ls[:5]) if ls else None for ls in token_lists]
         frames.append(real.score_real(method, kept, labels, recovered, stats, embedder,
-                                      seed=request.seed))
+                                      seed=request.seed, top_labels=token_lists))
         _timed(out, f"real/{method}", began)
     items = pl.concat(frames)
     out.items["real"] = items
@@ -347,7 +350,8 @@ def eval_result_rows(output: EvalOutput, *, eval_id: str, model_id: str, sae_rel
             if suite == "real":
                 release, set_id = sae_release, sae_id
             else:
-                release, set_id = "planted", f"{row.get('kind', 'word')}s_{split}"
+                kind = {"word": "words", "class": "classes"}[row.get("kind") or "word"]
+                release, set_id = "planted", f"{kind}_{split}"
             detail = {k: row[k] for k in _DETAIL[base] if k in row}
             for metric in _ITEM_METRICS[base]:
                 value = row.get(metric)

@@ -1,0 +1,112 @@
+"""Real-feature metrics on a hand-made feature-stats frame with a bag-of-words embedder."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+import torch
+
+from selfexplain.errors import InputError
+from selfexplain.evaluation import real
+from selfexplain.evaluation.suite import EvalRequest, EvalOutput, eval_result_rows, sample_features
+
+VOCAB = ["dog", "cat", "red", "blue", "run", "the", "pet", "colour"]
+
+
+def bag_of_words(texts) -> torch.Tensor:
+    """A deterministic toy embedder: counts of VOCAB words, L2-normalised (zeros -> e_0)."""
+    rows = []
+    for text in texts:
+        words = text.lower().replace("«", " ").replace("»", " ").replace(",", " ").split()
+        v = torch.tensor([float(words.count(w)) for w in VOCAB])
+        rows.append(v / v.norm() if v.norm() > 0 else torch.eye(len(VOCAB))[0])
+    return torch.stack(rows)
+
+
+def _stats() -> pl.DataFrame:
+    ctx = lambda *texts: [{"text": t, "activation": 1.0} for t in texts]  # noqa: E731
+    return pl.DataFrame({
+        "feature": [0, 1, 2, 3],
+        "density": [0.1, 0.1, 0.1, 0.0],
+        "single_token": [True, False, True, False],
+        "top_tokens": [[" dog", " pet"], [" red"], [" run"], []],
+        "top_contexts": [ctx("the «dog» ran", "a «dog» pet"), ctx("the «red» colour", "blue"),
+                         ctx("they «run»"), []],
+    })
+
+
+def test_derangement_has_no_fixed_point() -> None:
+    for seed in range(20):
+        items = list(range(7))
+        moved = real.derangement(items, seed)
+        assert sorted(moved) == items and all(a != b for a, b in zip(items, moved))
+    assert real.derangement([5, 9], 0) == [9, 5]
+    with pytest.raises(InputError):
+        real.derangement([1], 0)
+
+
+def test_score_real_rows_and_summary() -> None:
+    stats = _stats()
+    rows = real.score_real("m", [0, 1, 2], ["a dog, a pet", "red colour", "cat"],
+                           ["dog", "blue", None], stats, bag_of_words,
+                           top_labels=[["a dog, a pet", "x"], ["red colour"], ["cat"]])
+    by = {r["feature"]: r for r in rows.iter_rows(named=True)}
+    assert by[0]["recovered_exact"] is True and by[0]["label_names_token"] is True
+    assert by[1]["recovered_exact"] is None  # not a single-token feature
+    assert by[2]["recovered_exact"] is False  # no token offered counts as not recovered
+    assert by[0]["sim_own"] > by[0]["sim_other"]
+    assert by[0]["labels"] == ["a dog, a pet", "x"]
+    assert {by[f]["other_feature"] for f in by} <= {0, 1, 2} and all(
+        by[f]["other_feature"] != f for f in by)
+    summary = real.summarise_real(rows)
+    got = {(r["suite"], r["metric"]): r for r in summary.iter_rows(named=True)}
+    recovery = got[("token_recovery", "recovered_exact")]
+    assert recovery["n"] == 2 and recovery["value"] == 0.5
+    auc = got[("embedding", "auroc")]
+    assert auc["n"] == 3 and 0.0 <= auc["value"] <= 1.0
+    # a method without a literal answer (max-activating tokens) gets no recovery rows
+    none = real.score_real("maxact", [0, 1], ["dog", "red"], None, stats, bag_of_words)
+    assert none["recovered_exact"].null_count() == 2
+    with pytest.raises(InputError, match="lack features"):
+        real.score_real("m", [9], ["x"], None, stats, bag_of_words)
+
+
+def test_perfect_labels_give_auroc_one() -> None:
+    stats = _stats()
+    rows = real.score_real("oracle", [0, 1, 2], ["dog pet", "red colour blue", "run"], None, stats,
+                           bag_of_words)
+    summary = real.summarise_real(rows)
+    auc = summary.filter(pl.col("metric") == "auroc")["value"][0]
+    assert math.isclose(auc, 1.0)
+
+
+def test_sample_features_is_seeded_and_live() -> None:
+    stats = _stats()
+    assert sample_features(stats, 10, 0) == [0, 1, 2]  # feature 3 is dead
+    assert sample_features(stats, 2, 1) == sample_features(stats, 2, 1)
+
+
+def test_eval_result_rows_fit_the_warehouse() -> None:
+    from selfexplain.warehouse import Warehouse
+
+    rows = real.score_real("default", [0, 1, 2], ["dog", "red", "run"], ["dog", "red", "run"],
+                           _stats(), bag_of_words)
+    output = EvalOutput(EvalRequest(suite="real"), items={"real": rows},
+                        settings={"default": "abc"})
+    frame = eval_result_rows(output, eval_id="e1", model_id="m", sae_release="r", sae_id="s")
+    assert set(frame["metric"]) >= {"recovered_exact", "sim_own", "sim_other"}
+    assert (frame["settings_hash"] == "abc").all() and (frame["release"] == "r").all()
+    with Warehouse(":memory:") as warehouse:
+        assert warehouse.upsert("eval_result", frame) == frame.height
+        assert warehouse.upsert("eval_result", frame) == frame.height
+        assert warehouse.table("eval_result").height == frame.height
+
+
+def test_request_validation() -> None:
+    with pytest.raises(ValueError, match="unknown method"):
+        EvalRequest(methods=("default", "gpt"))
+    with pytest.raises(ValueError, match="strategy"):
+        EvalRequest(rerank=("nope",))
+    assert EvalRequest(methods=("default", "default")).methods == ("default",)

@@ -1,0 +1,115 @@
+"""The whole planted suite on the tiny model (core, CLI parsing, task bodies); one slow real run."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from selfexplain.evaluation.suite import EvalRequest, eval_result_rows, run_evaluation
+
+TINY = {"max_new_tokens": 3, "top_scales": 2, "samples_per_scale": 1, "batch_rows": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny_output(tiny_lm, tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)  # tiny models gain nothing from threads on a busy machine
+    request = EvalRequest(suite="planted", limit=3, classes=True, null_directions=4,
+                          methods=("default", "vocabproj", "tokenchange"), overrides=TINY)
+    runs = tmp_path_factory.mktemp("runs")
+    return run_evaluation(tiny_lm, request, runs_dir=runs), runs
+
+
+def test_planted_suite_on_tiny_model(tiny_output) -> None:
+    output, runs = tiny_output
+    summary = output.summary
+    methods = set(summary["method"])
+    assert {"default", "vocabproj", "tokenchange", "default:composite", "default:selfsim",
+            "default:entropy", "default:consensus"} <= methods
+    words = summary.filter((pl.col("suite") == "planted") & (pl.col("metric") == "hit_top3"))
+    assert (words["n"] == 3).all()
+    assert ((words["ci_low"] <= words["value"] + 1e-9) & (words["value"] <= words["ci_high"] + 1e-9)).all()
+    classes = summary.filter(pl.col("suite") == "planted_class")
+    assert (classes["n"] == 10).all()
+    assert {"scale_selection", "failure_flag"} <= set(summary["suite"])
+    assert set(output.null) == {"meaning (default)", "repeat (default)"}
+    assert output.layer_thresholds.height == 2
+    # the engine's own choice equals re-ranking its samples with its own strategy
+    items = output.items["planted"]
+    own = items.filter(pl.col("method") == "default").drop("method")
+    again = items.filter(pl.col("method") == "default:consensus").drop("method")
+    assert own.equals(again)
+    # the run was saved and re-scores to the same rows
+    from selfexplain.evaluation.planted import load_results
+
+    loaded = load_results(runs / "planted_default_dev.json")
+    assert loaded.frame("default").equals(items.filter(pl.col("method") == "default"))
+    rows = eval_result_rows(output, eval_id="t", model_id="tiny")
+    assert rows.height > 0 and set(rows["release"]) == {"planted"}
+    assert set(rows["sae_id"]) == {"words_dev", "classes_dev"}
+
+
+def test_cli_parses_and_validates() -> None:
+    from selfexplain.cli import build_parser
+    from selfexplain.commands.evaluate import request_from_args
+    from selfexplain.errors import InputError
+
+    args = build_parser().parse_args(["evaluate", "--limit", "5", "--rerank", "none"])
+    request = request_from_args(args)
+    assert request.limit == 5 and request.rerank == () and "maxact" not in request.methods
+    args = build_parser().parse_args(["evaluate", "--methods", "default,nope"])
+    with pytest.raises(InputError, match="unknown method"):
+        request_from_args(args)
+    real = request_from_args(build_parser().parse_args(["evaluate", "--suite", "real"]))
+    assert "maxact" in real.methods
+
+
+def test_task_bodies(tiny_lm, tmp_path, monkeypatch) -> None:
+    from prefect.logging import disable_run_logger
+
+    import tasks.evaluate as task_module
+
+    monkeypatch.setattr(task_module, "cached_model", lambda spec: tiny_lm)
+    request = EvalRequest(limit=2, classes=False, null_directions=0, rerank=(),
+                          methods=("default", "vocabproj"), overrides=TINY,
+                          scale_quality=False)
+    with disable_run_logger():
+        output = task_module.evaluate_suite.fn(request, str(tmp_path / "runs"))
+        frames = task_module.evaluation_rows.fn(output, "eval-test")
+    assert (tmp_path / "runs" / "planted_default_dev.json").is_file()
+    assert frames["eval_result"].height > 0 and frames["layer_threshold"].height == 0
+    from selfexplain.warehouse import Warehouse
+
+    with Warehouse(":memory:") as warehouse:
+        counts = warehouse.write(frames)
+    assert counts["eval_result"] == frames["eval_result"].height
+
+
+@pytest.mark.slow
+def test_planted_suite_on_the_default_model() -> None:
+    """Eight DEV words on the real default model: sane rows, not a quality threshold."""
+    import torch
+
+    from selfexplain.evaluation.wordlists import load_words
+    from selfexplain.models import load_model
+
+    torch.set_num_threads(1)
+    lm = load_model("default")
+    request = EvalRequest(limit=8, classes=False, null_directions=8,
+                          methods=("default", "vocabproj", "tokenchange"))
+    output = run_evaluation(lm, request)
+    items = output.items["planted"]
+    names = [c.name for c in load_words("dev", 8)]
+    for method in ("default", "vocabproj", "tokenchange", "default:composite"):
+        part = items.filter(pl.col("method") == method)
+        assert part["name"].to_list() == names
+        assert part["hit_top3"].null_count() == 0
+        assert all(len(labels) <= 3 for labels in part["labels"])
+    own = items.filter(pl.col("method") == "default")
+    assert all(len(labels) >= 1 for labels in own["labels"])  # the model says something
+    assert (own["max_selfsim"].is_finite()).all()
+    summary = output.summary
+    assert (summary.filter(pl.col("suite") == "planted")["n"] == 8).all()
+    thresholds = output.layer_thresholds
+    assert set(thresholds["prompt"]) == {"meaning", "repeat"} and (thresholds["n_null"] == 8).all()
