@@ -144,6 +144,19 @@ def run_evaluation(lm: LoadedModel, request: EvalRequest, *, sae=None, stats=Non
     return out
 
 
+def _progress(log: Log, what: str, total: int) -> Callable[[int], None]:
+    """A progress callback logging `what: done/total` after each chunk."""
+    done = 0
+    began = time.perf_counter()
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        log(f"{what}: {done}/{total} ({time.perf_counter() - began:.0f} s)")
+
+    return tick
+
+
 def _timed(out: EvalOutput, key: str, began: float) -> None:
     out.timings[key] = round(time.perf_counter() - began, 1)
 
@@ -171,7 +184,8 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
         log(f"planted: {method} on {len(concepts)} concepts")
         explainer = SelfExplainer(lm, config)
         unit = explainer.unit if config.scale_unit == "relative" else unit
-        run = planted.run_planted(lm, config, concepts, explainer=explainer)
+        run = planted.run_planted(lm, config, concepts, explainer=explainer,
+                                  progress=_progress(log, f"planted: {method}", len(concepts)))
         out.runs[method] = run
         if out.runs_dir is not None:
             planted.save_results(out.runs_dir / f"planted_{method}_{split}.json", run)
@@ -280,7 +294,9 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         log(f"real: {method} on {len(features)} features")
         explainer = SelfExplainer(lm, config)
         unit = explainer.unit if config.scale_unit == "relative" else unit
-        results, _skipped = explain_sae_features(lm, sae, features, config, explainer=explainer)
+        results, _skipped = explain_sae_features(
+            lm, sae, features, config, explainer=explainer,
+            progress=_progress(log, f"real: {method}", len(features)))
         rows = real.score_real(method, stats=stats, embedder=embedder, seed=request.seed,
                                **real.selfexplain_inputs(results))
         frames.append(rows)
