@@ -17,7 +17,19 @@ mkdir -p "$PREFECT_HOME" inbox
 
 "$PREFECT" server start --host "$HOST" --port "$PORT" >"$PREFECT_HOME/server.log" 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT INT TERM
+serve=
+stop() {  # the runner first (it pauses its deployments through the API), then the server
+  trap - INT TERM
+  if [ -n "$serve" ]; then
+    kill -TERM "$serve" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$serve" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$serve" 2>/dev/null || true
+  fi
+  kill "$server" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop INT TERM
+trap 'kill "$server" 2>/dev/null || true' EXIT
 
 printf 'starting Prefect server on http://%s:%s ' "$HOST" "$PORT"
 for _ in $(seq 1 120); do
@@ -33,4 +45,6 @@ done
 echo " up"
 echo "UI: http://$HOST:$PORT   (server log: $PREFECT_HOME/server.log)"
 echo "start a run:  $PREFECT deployment run relabel/relabel   or drop an SAE folder into inbox/"
-"$PY" -m flows.serve "$@"
+"$PY" -m flows.serve "$@" &
+serve=$!
+wait "$serve" || true

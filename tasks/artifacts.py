@@ -23,6 +23,9 @@ from prefect.cache_policies import NO_CACHE
 MAX_TABLE_ROWS = 500
 """Rows shown in a table artifact; the warehouse has them all."""
 PLOT_FEATURES = 4
+LABEL_COLUMNS = ["feature", "label", "recovered_token", "recovered_reliable", "scale", "composite",
+                 "max_selfsim", "failed", "failure_reason", "top_labels"]
+"""Columns of the labels table artifact (v_feature_labels has more)."""
 
 
 def artifact_key(*parts: str) -> str:
@@ -88,7 +91,7 @@ def summary_markdown(summary: dict[str, object], labels: pl.DataFrame, png_path:
     lines = [
         f"# relabel {summary['release']}/{summary['sae_id']}",
         "",
-        "| | |", "|---|---|",
+        "| field | value |", "|---|---|",
     ]
     for key in ("run_id", "model", "model_id", "preset", "settings_hash", "request_hash",
                 "n_features", "n_shards", "n_shards_skipped", "n_labelled", "n_failed",
@@ -115,7 +118,8 @@ def publish_artifacts(summary: dict[str, object], labels: pl.DataFrame, sweeps: 
                       plot_dir: str | None) -> dict[str, str | None]:
     """Labels table, failures table, scale-sweep PNG (file + image artifact), markdown summary."""
     base = artifact_key("relabel", str(summary["release"]), str(summary["sae_id"]))
-    create_table_artifact(table_rows(labels), key=artifact_key(base, "labels"),
+    shown = labels.select([c for c in LABEL_COLUMNS if c in labels.columns])
+    create_table_artifact(table_rows(shown), key=artifact_key(base, "labels"),
                           description=f"labels of run {summary['run_id']}")
     failures = labels.filter(pl.col("failed"))
     create_table_artifact(table_rows(failures.select(
