@@ -53,12 +53,16 @@ class ExplainConfig(BaseModel):
     scale_unit: ScaleUnit = "relative"
     """`absolute`: scales are L2 norms. `relative`: multiples of the model's typical residual
     norm at the injection layer (measured once per model)."""
-    metric_scales: tuple[float, ...] = linspace(0.0, 2.0, 24)
-    """Scales of the cheap metric pass (self-similarity, entropy, cross-entropy)."""
+    metric_scales: tuple[float, ...] = linspace(0.0, 2.0, 9)
+    """Scales of the metric pass (self-similarity, entropy, cross-entropy). The default, 0 to 2x
+    the residual norm in 9 steps, was chosen on the DEV planted words (scripts/selection_study.py)."""
     generation_scales: tuple[float, ...] | None = None
     """Scales at which explanations are sampled. None = the `top_scales` best metric scales."""
-    top_scales: int = Field(4, ge=1)
-    """With generation_scales None: sample at this many best-scoring metric scales."""
+    top_scales: int | None = Field(None, ge=1)
+    """With generation_scales None: sample at this many best-composite metric scales; None = at
+    every metric scale >= min_scale (sampling reuses the metric pass's KV cache)."""
+    repeat_scales: int = Field(4, ge=1)
+    """The repeat prompt runs at this many of the meaning prompt's best-composite sampled scales."""
     samples_per_scale: int = Field(2, ge=1)
     min_scale: float = Field(0.125, ge=0)
     """Scales below this never win: their composite is set to the grid's minimum."""
@@ -66,8 +70,10 @@ class ExplainConfig(BaseModel):
     """composite = alpha * mm(selfsim) - (1 - alpha) * mm(entropy_metric)."""
     entropy_metric: Metric = "entropy"
     selection: Selection = "consensus"
-    """How explanations are ranked: the post's `composite`, or `consensus` (composite plus
-    agreement between samples; see selection.py)."""
+    """How explanations are ranked: the post's `composite`, `selfsim` or `entropy` alone, or
+    `consensus` (agreement of content words across scales, composite as tie-break; selection.py)."""
+    consensus_weight: float = Field(5.0, ge=0)
+    """Weight of cross-scale agreement against the composite (in [-1, 0.4]) in `consensus`."""
     top_n: int = Field(3, ge=1)
     max_new_tokens: int = Field(40, ge=1, le=512)
     temperature: float = Field(1.0, gt=0)

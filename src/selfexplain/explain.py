@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass
 
 import torch
@@ -201,6 +202,8 @@ class SelfExplainer:
         clock = self._tick("generation", clock)
         result = _PromptResult(sweeps=[], candidates=[], plan=[])
         strategy = STRATEGIES[config.selection]
+        if config.selection == "consensus":
+            strategy = partial(strategy, weight=config.consensus_weight)
         by_feature: list[list[int]] = [[] for _ in range(n_features)]
         for r, (f, _, _) in enumerate(rows):
             by_feature[f].append(r)
@@ -225,7 +228,9 @@ class SelfExplainer:
                 )
                 for i, r in enumerate(own)
             ])
-            result.plan.append([int(index[f, j]) for j in chosen_index[f]])
+            # the repeat prompt runs at the best `repeat_scales` of these, by composite
+            best = sorted(chosen_index[f], key=lambda j: -float(comp[f, j]))[: config.repeat_scales]
+            result.plan.append(sorted(int(index[f, j]) for j in best))
         self._tick("selection", clock)
         return result
 
@@ -237,7 +242,8 @@ class SelfExplainer:
     def _best_scales(self, comp: Tensor) -> list[list[int]]:
         """Per feature, the `top_scales` eligible grid indices with the highest composite."""
         eligible = self.scales >= self.min_scale  # (scales,)
-        count = min(self.config.top_scales, int(eligible.sum()))
+        count = int(eligible.sum())
+        count = count if self.config.top_scales is None else min(self.config.top_scales, count)
         masked = torch.where(eligible[None, :], comp, torch.full_like(comp, -torch.inf))
         return masked.topk(count, dim=-1).indices.sort(dim=-1).values.tolist()
 

@@ -72,21 +72,27 @@ def rank_entropy(indices: list[int], texts: list[str], sweep: SweepScores) -> Ra
 
 
 def rank_consensus(indices: list[int], texts: list[str], sweep: SweepScores,
-                   weight: float = 1.0) -> Ranked:
-    """Composite plus agreement: how many *other* samples share a content word with this one.
+                   weight: float = 5.0) -> Ranked:
+    """Composite plus cross-scale agreement, the default ranking.
 
-    A feature's true meaning tends to recur across samples and neighbouring scales, while the
-    failure modes (filler about "a word", gibberish at large scales) vary from sample to sample.
-    Agreement is the fraction of other samples sharing a content word, so it lies in [0, 1].
+    A feature's meaning recurs across scales, while the failure modes (filler about "a word",
+    gibberish at large scales) vary from one scale to the next. `agreement` is the fraction of the
+    *other* sampled scales at which some sample shares a content word with this one, in [0, 1];
+    counting scales rather than samples keeps two samples at one scale from voting twice. With
+    the default weight agreement dominates and the composite breaks ties. On 40 DEV planted words
+    (16 samples each) this put the word in the top 3 for 52% vs 30% for the composite alone.
     """
     words = [content_words(t) for t in texts]
-    counts: Counter[str] = Counter(w for ws in words for w in ws)
-    others = max(len(texts) - 1, 1)
+    scales_with: dict[str, set[int]] = {}
+    for grid_index, ws in zip(indices, words):
+        for word in ws:
+            scales_with.setdefault(word, set()).add(grid_index)
+    other_scales = max(len(set(indices)) - 1, 1)
     base = rank_composite(indices, texts, sweep).score
     scores: list[float] = []
     extras: list[dict[str, float]] = []
-    for i, ws in enumerate(words):
-        support = max((counts[w] - 1 for w in ws), default=0) / others
+    for i, (grid_index, ws) in enumerate(zip(indices, words)):
+        support = max((len(scales_with[w] - {grid_index}) for w in ws), default=0) / other_scales
         scores.append(base[i] + weight * support)
         extras.append({"agreement": support})
     return Ranked(scores, extras)

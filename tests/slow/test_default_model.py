@@ -1,0 +1,60 @@
+"""The real embedded default model (SmolLM2-135M-Instruct). Marked slow: about a minute or two.
+
+Run with `pytest -m slow`; `make test` runs them too (they fit CI's budget).
+"""
+
+import json
+
+import pytest
+import torch
+
+from selfexplain.cli import main
+from selfexplain.config import ExplainConfig
+from selfexplain.explain import SelfExplainer
+from selfexplain.models import DEFAULT_MODEL_ID, load_model
+from selfexplain.vectors import word_directions
+
+pytestmark = pytest.mark.slow
+
+# Not the evaluation's DEV/TEST lists: a fixed small set for this smoke check only.
+WORDS = [" dog", " red", " king", " water", " happy", " music", " bread", " winter", " horse",
+         " money", " fire", " ship"]
+
+
+@pytest.fixture(scope="module")
+def default_lm():
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return load_model("default")
+
+
+def test_default_model_loads_and_is_verified(default_lm):
+    assert default_lm.model_id == DEFAULT_MODEL_ID
+    assert default_lm.revision.startswith("gguf-b179c9523d0e")
+    assert (default_lm.n_layers, default_lm.d_model) == (30, 576)
+
+
+def test_cli_explain_word_json(capsys):
+    assert main(["explain", "--word", " dog", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["name"] == " dog"
+    assert 1 <= len(row["explanations"]) <= 3
+    assert all(e["text"] and e["scale"] > 0 for e in row["explanations"])
+    assert isinstance(row["max_selfsim"], float) and row["recovered_token"]
+
+
+def _named(word: str, texts: list[str]) -> bool:
+    return any(word.strip().lower() in text.lower() for text in texts)
+
+
+def test_planted_words_are_named_far_more_often_than_random_directions(default_lm):
+    explainer = SelfExplainer(default_lm, ExplainConfig.from_preset("default"))
+    planted = word_directions(default_lm, WORDS, explainer.injection_layer)
+    generator = torch.Generator().manual_seed(0)
+    random = torch.randn(len(WORDS), default_lm.d_model, generator=generator)
+    got_planted = explainer.explain(planted, list(range(len(WORDS))), WORDS)
+    got_random = explainer.explain(random, list(range(len(WORDS))), WORDS)
+    hits_planted = sum(_named(w, [c.text for c in r.explanations]) for w, r in zip(WORDS, got_planted))
+    hits_random = sum(_named(w, [c.text for c in r.explanations]) for w, r in zip(WORDS, got_random))
+    print(f"planted {hits_planted}/{len(WORDS)}, random {hits_random}/{len(WORDS)}")
+    assert hits_planted >= 4
+    assert hits_planted >= 3 * hits_random + 2
