@@ -215,14 +215,16 @@ class SelfExplainer:
             feature_texts = [texts[r] for r in own]
             ranked = strategy(local, feature_texts, sweep)
             keyed = [s if feature_texts[i] else s - 1e6 for i, s in enumerate(ranked.score)]
-            rank_of = {i: rank for rank, i in enumerate(order(keyed))}
+            ranking = order(keyed)
+            rank_of = {i: rank for rank, i in enumerate(ranking)}
+            chosen = _distinct_top(ranking, feature_texts, config.top_n)
             result.sweeps.append(Sweep(kind, scales[f].tolist(), selfsim[f].tolist(),
                                        ent[f].tolist(), xent[f].tolist(), comp[f].tolist()))
             result.candidates.append([
                 Candidate(
                     prompt=kind, text=feature_texts[i], scale=rows[r][1], sample=rows[r][2],
                     composite=float(comp[f, local[i]]), score=float(ranked.score[i]),
-                    rank=rank_of[i], chosen=rank_of[i] < config.top_n and bool(feature_texts[i]),
+                    rank=rank_of[i], chosen=i in chosen,
                     extra={"selfsim": float(selfsim[f, local[i]]),
                            "entropy": float(ent[f, local[i]]), **ranked.extra[i]},
                 )
@@ -304,6 +306,21 @@ class SelfExplainer:
             candidates=candidates,
             sweeps=sweeps,
         )
+
+
+def _distinct_top(ranking: list[int], texts: list[str], top_n: int) -> set[int]:
+    """The first `top_n` candidates in ranking order with distinct, non-empty texts.
+
+    Three copies of one answer would waste two of the three label slots.
+    """
+    seen: set[str] = set()
+    chosen: set[int] = set()
+    for i in ranking:
+        key = " ".join(texts[i].lower().strip(" .,;:!?'").split())
+        if key and key not in seen and len(chosen) < top_n:
+            seen.add(key)
+            chosen.add(i)
+    return chosen
 
 
 def recover_token(repeat: list[Candidate], *, majority: bool) -> str | None:

@@ -51,3 +51,11 @@ def test_recover_token_majority_and_top():
     assert recover_token(repeat, majority=False) == "in"
     assert recover_token(repeat, majority=True) == "inside"
     assert recover_token([_cand("", 0)], majority=True) is None
+
+
+def test_top_n_skips_repeated_answers():
+    from selfexplain.explain import _distinct_top
+
+    texts = ["Dog", "dog.", "", "pet", "cat", "bird"]
+    assert _distinct_top([0, 1, 2, 3, 4, 5], texts, 3) == {0, 3, 4}
+    assert _distinct_top([2], texts, 3) == set()
