@@ -19,7 +19,7 @@ import torch
 from selfexplain.corpus import token_chunks
 from selfexplain.models import load_model
 from selfexplain.stats import stats_from_activations, write_feature_stats
-from selfexplain.train_sae import TrainSaeConfig, collect_activations, fit_and_write
+from selfexplain.train_sae import TrainSaeConfig, collect_activations, evaluate, fit_and_write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,19 +30,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=Path("corpus"))
     parser.add_argument("--out", type=Path, default=Path("runs/layers"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-tokens", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep activations in OUT/activations.pt and reuse them next time")
     args = parser.parse_args(argv)
     layers = [int(x) for x in args.layers.split(",")]
     lm = load_model("default")
     base = TrainSaeConfig.build(layer=layers[0], tokens=args.tokens,
-                                heldout_tokens=args.heldout_tokens, seed=args.seed)
+                                heldout_tokens=args.heldout_tokens, seed=args.seed,
+                                batch_tokens=args.batch_tokens, epochs=args.epochs, lr=args.lr)
     per_window = base.context - 1
     split = token_chunks(args.corpus, lm.tokenizer, context=base.context,
                          train_windows=math.ceil(args.tokens / per_window),
                          heldout_windows=math.ceil(args.heldout_tokens / per_window), seed=args.seed)
     t0 = time.perf_counter()
-    train = collect_activations(lm, split.train, layers, desc="collect train",
-                                dtype=base.collect_dtype)
-    heldout = collect_activations(lm, split.heldout, layers, desc="collect held-out")
+    cache = args.out / "activations.pt"
+    stored = torch.load(cache) if args.reuse and cache.is_file() else None
+    if stored is not None and set(layers) <= set(stored["train"]) and \
+            stored["windows"] == (len(split.train), len(split.heldout)):
+        train, heldout = stored["train"], stored["heldout"]
+        print(f"reusing activations from {cache}", flush=True)
+    else:
+        train = collect_activations(lm, split.train, layers, desc="collect train",
+                                    dtype=base.collect_dtype)
+        heldout = collect_activations(lm, split.heldout, layers, desc="collect held-out")
+        if args.reuse:
+            args.out.mkdir(parents=True, exist_ok=True)
+            torch.save({"train": train, "heldout": heldout,
+                        "windows": (len(split.train), len(split.heldout))}, cache)
     collect_seconds = time.perf_counter() - t0
     print(f"collected {len(split.train)} + {len(split.heldout)} windows for layers {layers} "
           f"in {collect_seconds:.0f} s", flush=True)
@@ -61,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         write_feature_stats(stats, out)
         alive = stats.filter(stats["density"] > 0)
         norms = heldout[layer].float().norm(dim=-1)
+        ordinary = norms <= 4 * norms.median()  # leave out massive-activation tokens
+        ve_ordinary, _, _ = evaluate(trained.sae, heldout[layer][ordinary])
         row = {
             **trained.report._asdict(),
             "stats_seconds": round(time.perf_counter() - t1, 1),
@@ -70,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             "resid_norm_median": round(float(norms.median()), 2),
             "resid_norm_p99": round(float(norms.quantile(0.99)), 2),
             "tokens_norm_over_300": round(float((norms > 300).float().mean()), 5),
+            "massive_token_fraction": round(float((~ordinary).float().mean()), 5),
+            "variance_explained_ordinary_tokens": round(ve_ordinary, 4),
         }
         summary["layers"][layer] = row
         print(json.dumps(row), flush=True)

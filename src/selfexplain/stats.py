@@ -174,7 +174,7 @@ def compute_feature_stats(lm: LoadedModel, sae_dir: Path, corpus_dir: Path, *,
     layer = resid_layer_of(meta.get("hook_name"))
     if layer is None:
         raise SaeLoadError(f"{sae_dir}/cfg.json has no residual hook_name: cannot collect its input")
-    training = meta.get("selfexplain_training", {})
+    training = meta.get("selfexplain_training", {}).get("config", {})
     context = int(training.get("context") or meta.get("context_size") or 128)
     split = token_chunks(corpus_dir, lm.tokenizer, context=context, train_windows=0,
                          heldout_windows=-(-tokens // (context - 1)),

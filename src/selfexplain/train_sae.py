@@ -35,8 +35,9 @@ class TrainSaeConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    layer: int = Field(3, ge=0)
-    """Train on the residual entering this decoder block (sae-lens `blocks.L.hook_resid_pre`)."""
+    layer: int = Field(2, ge=0)
+    """Train on the residual entering this decoder block (sae-lens `blocks.L.hook_resid_pre`).
+    Default 2: the block the engine injects at (see the default SAE's CARD.md for the comparison)."""
     width: int = Field(4096, ge=1)
     """Number of latents (d_sae)."""
     k: int = Field(32, ge=1)
@@ -47,8 +48,9 @@ class TrainSaeConfig(BaseModel):
     """Activations from held-out documents for variance explained, dead fraction and statistics."""
     context: int = Field(128, ge=2)
     """Tokens per window fed to the model."""
-    batch_tokens: int = Field(4096, ge=1)
-    """Activations per optimiser step."""
+    batch_tokens: int = Field(1024, ge=1)
+    """Activations per optimiser step. Small batches give more steps for the same CPU time: on
+    SmolLM2 with 400k tokens, 1024 reached 76% variance explained where 4096 reached 66%."""
     epochs: int = Field(1, ge=1)
     lr: float | None = Field(None, gt=0)
     """Adam learning rate; None = 2e-4 * sqrt(16384 / width) (Gao et al.)."""
@@ -349,6 +351,8 @@ def write_sae(sae: TopKSae, out_dir: Path, cfg: dict[str, object], *,
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # safetensors writes 0600; the folder is meant to be shared
         if out_dir.exists():
             out_dir.rename(old)
         tmp.rename(out_dir)
@@ -428,7 +432,8 @@ def fit_and_write(lm: LoadedModel, train_acts: Tensor, heldout: Tensor, heldout_
         sae, hook_name=hook_name, model_id=lm.model_id, revision=lm.revision,
         context=config.context,
         extra={"selfexplain_training": {
-            **config.model_dump(), **{k: v for k, v in report._asdict().items() if k != "out_dir"},
+            "config": config.model_dump(),
+            "report": {k: v for k, v in report._asdict().items() if k != "out_dir"},
             "sources": sources or {},
         }},
     )

@@ -3,6 +3,7 @@ unembedding, the parquet loader, the warehouse table, and `selfexplain show`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -230,3 +231,24 @@ def test_show_label_from_warehouse(tmp_path, tokenizer, capsys):
     assert cli_main(["show", "--sae", str(folder), "--feature", "2", "--warehouse", str(path)]) == 0
     out = capsys.readouterr().out
     assert "the letter x" in out and "recovered token" in out
+
+
+def test_shipped_default_sae_and_statistics():
+    """The embedded default: a sae-lens TopK folder for block 2, fp16 under 20 MB, full stats."""
+    from selfexplain.saes import DEFAULT_SAE_DIR
+
+    cfg = json.loads((DEFAULT_SAE_DIR / "cfg.json").read_text())
+    assert cfg["architecture"] == "topk" and cfg["k"] == 32 and cfg["d_sae"] == 4096
+    assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_pre"
+    assert cfg["metadata"]["sae_lens_version"]
+    assert (DEFAULT_SAE_DIR / "sae_weights.safetensors").stat().st_size < 20 * 2**20
+    assert (DEFAULT_SAE_DIR / "CARD.md").is_file()
+    stats = load_feature_stats(DEFAULT_SAE_DIR)
+    assert stats.schema == pl.Schema(SCHEMA)
+    assert stats["feature"].to_list() == list(range(4096))
+    l0 = cfg["metadata"]["selfexplain_training"]["report"]["l0"]  # measured on the same held-out text
+    assert stats["density"].sum() == pytest.approx(l0, rel=1e-6)
+    live = stats.filter(stats["density"] > 0)
+    assert all(0 < len(c) <= 20 for c in live["top_contexts"].to_list())
+    assert all("«" in c[0]["text"] and "»" in c[0]["text"] for c in live["top_contexts"].to_list())
+    assert all(len(v) == 10 for v in stats["vocabproj_tokens"].to_list())

@@ -77,7 +77,7 @@ def test_report_numbers_are_sane(trained):
     assert 0 < report.l0 <= 4
     assert 0.0 <= report.dead_fraction < 1.0
     cfg = json.loads(((_root := trained[0]) / "sae" / "cfg.json").read_text())
-    assert cfg["metadata"]["selfexplain_training"]["seed"] == 0
+    assert cfg["metadata"]["selfexplain_training"]["config"]["seed"] == 0
 
 
 def test_saes_module_reads_the_layer(trained):
