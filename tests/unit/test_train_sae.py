@@ -239,3 +239,42 @@ def test_clean_wikitext():
            "<ref>cite</ref> It has [[File:x.jpg|thumb|a [[caption]]]]museums.\n"
            "{| class=wikitable\n|-\n| cell\n|}\n\n== History ==\nOld.\n\n== References ==\nGone.")
     assert clean_wikitext(raw) == "Paris is the capital of France. It has museums.\n\nHistory\nOld."
+
+
+def test_tasks_write_folder_and_statistics(tmp_path):
+    """The Prefect tasks' logic (`.fn`): corpus reuse, training, statistics, warehouse rows."""
+    from prefect.logging import disable_run_logger
+
+    from selfexplain.saes import DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE
+    from selfexplain.stats import load_feature_stats
+    from tasks.train import (
+        TrainSaeRequest,
+        build_corpus_task,
+        feature_stats_rows_task,
+        feature_stats_task,
+        train_sae_task,
+    )
+
+    lm = build_tiny_model("llama")
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    corpus = str(write_corpus(tmp_path / "c"))
+    out = str(tmp_path / "sae")
+    request = TrainSaeRequest(model=str(model_dir), corpus_dir=corpus, out_dir=out,
+                              train=tiny_config(layer=1), stats_tokens=150)
+    assert request.names() == ("local:sae", "sae")
+    assert TrainSaeRequest().names() == (DEFAULT_SAE_RELEASE, DEFAULT_SAE_DIR.name)
+    with pytest.raises(InputError, match="invalid train"):
+        TrainSaeRequest.build(train={"k": 0})
+    with disable_run_logger():
+        assert build_corpus_task.fn(corpus) == corpus  # holds text: not rebuilt
+        report = train_sae_task.fn(request.model, corpus, out, request.train, False)
+        path = feature_stats_task.fn(request.model, out, corpus, request.stats_tokens)
+        rows = feature_stats_rows_task.fn(out, *request.names())
+    assert report["hook_name"] == "blocks.1.hook_resid_pre" and report["out_dir"] == out
+    stats = load_feature_stats(tmp_path / "sae")
+    assert path == str(tmp_path / "sae" / "feature_stats.parquet") and stats.height == 32
+    # the task recomputes the held-out activations: the same documents the trainer held out
+    assert sum(stats["density"]) == pytest.approx(report["l0"], rel=1e-5)
+    assert rows.columns[:3] == ["release", "sae_id", "feature"] and rows.height == 32
