@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test test-fast bench ui clean
+.PHONY: install run test test-fast bench ui corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ bench: install
 
 ui: install
 	bash scripts/ui.sh
+
+# Rebuild the embedded default SAE from scratch (about 15 minutes on 2 cores; see its CARD.md).
+corpus: install
+	$(PY) scripts/build_corpus.py corpus
+
+train-default-sae: corpus
+	OMP_NUM_THREADS=1 $(VENV)/bin/selfexplain train-sae --layer 2 --width 4096 --k 32 --tokens 1000000 \
+		--heldout-tokens 100000 --batch-tokens 1024 --seed 0 --corpus corpus \
+		--out src/selfexplain/data/default_sae --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache .prefect
