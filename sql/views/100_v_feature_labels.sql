@@ -1,4 +1,6 @@
--- One row per SAE feature: its current label. The first twelve columns are the public contract.
+-- One row per SAE feature: its current label. The first twelve columns are the public contract;
+-- the activation statistics (feature_stats, when computed) follow, e.g. to flag single-token
+-- features, which self-explanation tends to explain as that token.
 CREATE OR REPLACE VIEW v_feature_labels AS
 SELECT
     l.release,
@@ -23,9 +25,14 @@ SELECT
     l.preset,
     l.settings_hash,
     s.hook_name,
-    s.resid_layer
+    s.resid_layer,
+    fs.single_token,
+    fs.density,
+    fs.top_tokens
 FROM label_current AS c
 JOIN label AS l
   ON l.release = c.release AND l.sae_id = c.sae_id AND l.feature = c.feature AND l.run_id = c.run_id
 LEFT JOIN sae AS s
-  ON s.release = l.release AND s.sae_id = l.sae_id;
+  ON s.release = l.release AND s.sae_id = l.sae_id
+LEFT JOIN feature_stats AS fs
+  ON fs.release = l.release AND fs.sae_id = l.sae_id AND fs.feature = l.feature;

@@ -76,3 +76,13 @@ def test_runs_and_saes(wh, make_feature, make_results):
     assert run.row(0) == ("running", 1, 4, 30.0)
     saes = wh.query("SELECT sae_id, removed, n_labelled, n_failed FROM v_saes ORDER BY sae_id")
     assert saes.rows() == [("gone", True, 0, 0), ("s", False, 3, 2)]
+
+
+def test_feature_labels_carry_feature_stats(wh, make_results):
+    results, skipped = make_results()
+    wh.write(rows("run1", T0, results, skipped))
+    wh.execute("INSERT INTO feature_stats VALUES ('r', 's', 1, 0.01, 2.0, 5.0, ['cat'], 0.9, true, "
+               "['cat'], [{'text': 'a «cat»', 'activation': 5.0}], ?)", [T0])
+    view = wh.query("SELECT feature, single_token, top_tokens FROM v_feature_labels "
+                    "WHERE feature IN (0, 1) ORDER BY feature")
+    assert view.rows() == [(0, None, None), (1, True, ["cat"])]
