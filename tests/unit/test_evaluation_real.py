@@ -99,6 +99,8 @@ def test_sample_features_is_seeded_and_live() -> None:
     stats = _stats()
     assert sample_features(stats, 10, 0) == [0, 1, 2]  # feature 3 is dead
     assert sample_features(stats, 2, 1) == sample_features(stats, 2, 1)
+    two = sample_features(stats, 2, 1)
+    assert 1 in two and len(set(two) & {0, 2}) == 1  # half single-token, half not
 
 
 def test_eval_result_rows_fit_the_warehouse() -> None:
@@ -123,3 +125,32 @@ def test_request_validation() -> None:
     with pytest.raises(ValueError, match="strategy"):
         EvalRequest(rerank=("nope",))
     assert EvalRequest(methods=("default", "default")).methods == ("default",)
+
+
+def test_real_suite_on_tiny_model(tiny_lm, tmp_path) -> None:
+    from conftest import write_sae_folder
+
+    from selfexplain.evaluation.suite import run_evaluation
+    from selfexplain.saes import load_sae
+
+    sae = load_sae(str(write_sae_folder(tmp_path / "sae", tiny_lm.d_model, 6)))
+    words = ["dog pet", "cat pet", "red colour", "blue colour", "run", "the dog runs"]
+    stats = pl.DataFrame({
+        "feature": list(range(6)), "density": [0.1] * 6,
+        "single_token": [True, True, False, False, True, False],
+        "top_tokens": [[" a"], [" b"], [" c"], [" d"], [" e"], [" f"]],
+        "top_contexts": [[{"text": f"x «{w}» y", "activation": 1.0}] for w in words],
+    })
+    request = EvalRequest(suite="real", limit=4, null_directions=0, rerank=(),
+                          methods=("default", "vocabproj", "tokenchange", "maxact"),
+                          overrides={"max_new_tokens": 3, "top_scales": 2,
+                                     "samples_per_scale": 1})
+    output = run_evaluation(tiny_lm, request, sae=sae, stats=stats, embedder=bag_of_words)
+    items = output.items["real"]
+    assert set(items["method"]) == {"default", "vocabproj", "tokenchange", "maxact"}
+    assert (items.group_by("method").len()["len"] == 4).all()
+    assert items.filter(pl.col("method") == "maxact")["recovered_exact"].null_count() == 4
+    summary = output.summary
+    assert {"token_recovery", "embedding", "failure_flag_real"} <= set(summary["suite"])
+    assert set(summary.filter(pl.col("metric") == "auroc")["method"]) == {
+        "default", "vocabproj", "tokenchange", "maxact"}

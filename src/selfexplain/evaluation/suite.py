@@ -264,11 +264,22 @@ def _baseline_labels(lm: LoadedModel, method: str, directions, layer: int, reque
 
 
 def sample_features(stats: pl.DataFrame, limit: int, seed: int) -> list[int]:
-    """A seeded sample of `limit` live features (density > 0, with contexts), sorted."""
+    """A seeded sample of `limit` live features (density > 0, with contexts), sorted.
+
+    Stratified: up to half are single-token features (token recovery is scored on those only;
+    they are about 1 in 7 of the default SAE), the rest are drawn from the other live features.
+    """
     live = stats.filter((pl.col("density") > 0) & (pl.col("top_contexts").list.len() > 0))
-    pool = live["feature"].to_list()
+    single = live.filter(pl.col("single_token"))["feature"].to_list()
+    other = live.filter(~pl.col("single_token"))["feature"].to_list()
     rng = random.Random(seed)
-    return sorted(rng.sample(pool, min(limit, len(pool))))
+    n_single = min(len(single), limit // 2)
+    picked = rng.sample(single, n_single)
+    picked += rng.sample(other, min(len(other), limit - n_single))
+    if len(picked) < limit:  # few non-single features: top up from the single-token ones
+        rest = [f for f in single if f not in set(picked)]
+        picked += rng.sample(rest, min(len(rest), limit - len(picked)))
+    return sorted(picked)
 
 
 def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, stats,
@@ -281,9 +292,9 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         raise InputError("the SAE's feature stats have fewer than 2 live features")
     n_single = int(stats.filter(pl.col("feature").is_in(features))["single_token"].sum())
     out.notes.append(
-        f"real: {len(features)} live features of SAE {sae.release}/{sae.sae_id} (seeded sample), "
-        f"{n_single} single-token; embedding control = the same label on a deranged feature's "
-        "contexts"
+        f"real: {len(features)} live features of SAE {sae.release}/{sae.sae_id} (seeded sample, "
+        f"stratified: {n_single} single-token); token recovery on the single-token ones; embedding "
+        "AUROC = the label's MiniLM similarity to its own top contexts vs a deranged feature's"
     )
     frames = []
     flag_frames = []
