@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from selfexplain.evaluation.report import text_table, write_report
+    from selfexplain.evaluation.report import pivot_text, write_report
     from selfexplain.evaluation.suite import eval_result_rows, run_evaluation
     from selfexplain.models import load_model
 
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.to_dicts(), default=str))
     else:
-        print(text_table(summary))
+        print(pivot_text(summary))
         print("\nnotes:\n" + "\n".join(f"- {n}" for n in output.notes))
         print("timings (s): " + ", ".join(f"{k} {v}" for k, v in output.timings.items()))
     if args.out:

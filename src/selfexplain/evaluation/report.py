@@ -54,6 +54,29 @@ def markdown_table(summary: pl.DataFrame) -> str:
     return "\n".join(out)
 
 
+def _cell(r: dict) -> str:
+    ci = ("" if r["ci_low"] is None or math.isnan(r["ci_low"])
+          else f" [{r['ci_low']:.2f},{r['ci_high']:.2f}]")
+    return f"{_fmt(r['value'], 2)}{ci} n={r['n']}"
+
+
+def pivot_text(summary: pl.DataFrame) -> str:
+    """Per suite: methods as rows, metrics as columns, cells `value [low,high] n=N`."""
+    blocks = []
+    for suite in summary["suite"].unique(maintain_order=True).to_list():
+        part = summary.filter(pl.col("suite") == suite)
+        metrics = part["metric"].unique(maintain_order=True).to_list()
+        methods = part["method"].unique(maintain_order=True).to_list()
+        cells = {(r["method"], r["metric"]): _cell(r) for r in part.iter_rows(named=True)}
+        rows = [[suite] + metrics] + [[m] + [cells.get((m, k), "-") for k in metrics]
+                                      for m in methods]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def _pyplot():
     import matplotlib
 
@@ -168,7 +191,8 @@ def write_report(out_dir: str | Path, summary: pl.DataFrame, *, title: str = "Ev
         items.write_parquet(out / "items.parquet")
     lines = [f"# {title}", ""]
     lines += [f"- {note}" for note in notes]
-    lines += ["", markdown_table(summary), ""]
+    lines += ["", "```", pivot_text(summary), "```", "", "## All rows", "",
+              markdown_table(summary), ""]
     for caption, image in images:
         if image is not None:
             lines += [f"## {caption}", "", f"![{caption}]({image.name})", ""]
