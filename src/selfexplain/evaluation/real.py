@@ -176,6 +176,23 @@ def selfexplain_inputs(results: Sequence[FeatureExplanation]) -> dict[str, list]
                 max_selfsim=[fe.max_selfsim for fe in results])
 
 
+def reranked_inputs(results: Sequence[FeatureExplanation], strategy: str, *, min_scale: float,
+                    entropy_metric: str = "entropy", top_n: int = 3) -> dict[str, list]:
+    """`score_real` keyword arguments when the same samples are ranked by another strategy."""
+    from selfexplain.evaluation.planted import rerank
+    from selfexplain.explain import recover_token
+    from selfexplain.prompts import REPEAT
+
+    kw = dict(min_scale=min_scale, entropy_metric=entropy_metric)
+    tops = [[c.text for c in rerank(fe, strategy, **kw) if c.text][:top_n] for fe in results]
+    recovered = [recover_token(rerank(fe, strategy, prompt=REPEAT, **kw),
+                               majority=strategy != "composite") for fe in results]
+    return dict(features=[fe.feature for fe in results],
+                labels=[t[0] if t else None for t in tops], recovered=recovered, top_labels=tops,
+                failed=[fe.failed for fe in results],
+                max_selfsim=[fe.max_selfsim for fe in results])
+
+
 def summarise_real(rows: pl.DataFrame, *, split: str | None = None) -> pl.DataFrame:
     """Token recovery (Wilson), mean similarities, and the own-vs-other AUROC (Hanley-McNeil)."""
     frames = [

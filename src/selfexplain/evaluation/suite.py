@@ -157,6 +157,33 @@ def _progress(log: Log, what: str, total: int) -> Callable[[int], None]:
     return tick
 
 
+def _null_name(request: EvalRequest) -> str:
+    return f"null{int(round(request.threshold_quantile * 100))}"
+
+
+def _null_threshold(out: EvalOutput, request: EvalRequest, explainer, method: str, layer: int,
+                    log: Log) -> float | None:
+    """The meaning prompt's null threshold for this method's config at `layer` (computed once per
+    evaluation; None when the request asks for no null)."""
+    key = f"meaning ({method})"
+    if key in out.thresholds:
+        return out.thresholds[key]
+    if not request.null_directions:
+        return None
+    began = time.perf_counter()
+    log(f"{method}: null of {request.null_directions} random directions ({request.null_kind})")
+    null = thresholds.null_distribution(explainer, request.null_directions, seed=request.seed,
+                                        kind=request.null_kind, layer=layer)
+    rows = thresholds.threshold_rows(explainer, null, layer=layer,
+                                     quantile=request.threshold_quantile)
+    out.threshold_rows.append(rows)
+    for prompt, values in null.items():
+        out.null[f"{prompt} ({method})"] = values.tolist()
+    out.thresholds[key] = float(rows.filter(pl.col("prompt") == "meaning")["threshold"][0])
+    _timed(out, f"null/{method}", began)
+    return out.thresholds[key]
+
+
 def _timed(out: EvalOutput, key: str, began: float) -> None:
     out.timings[key] = round(time.perf_counter() - began, 1)
 
@@ -208,25 +235,13 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
                 entropy_metric=config.entropy_metric)
             scale_frames.append(part.with_columns(pl.lit(method).alias("run")))
             _timed(out, f"scale_quality/{method}", began)
-        if request.null_directions:
-            began = time.perf_counter()
-            log(f"planted: {method} null of {request.null_directions} random directions")
-            null = thresholds.null_distribution(explainer, request.null_directions,
-                                                seed=request.seed, kind=request.null_kind)
-            trows = thresholds.threshold_rows(explainer, null, layer=config.injection_layer,
-                                              quantile=request.threshold_quantile)
-            out.threshold_rows.append(trows)
-            for prompt, values in null.items():
-                out.null[f"{prompt} ({method})"] = values.tolist()
-            meaning_threshold = float(trows.filter(pl.col("prompt") == "meaning")["threshold"][0])
-            out.thresholds[f"meaning ({method})"] = meaning_threshold
+        threshold = _null_threshold(out, request, explainer, method, config.injection_layer, log)
+        if threshold is not None:
             words_rows = rows.filter(pl.col("kind") == "word")
             out.observed[f"meaning ({method}) planted words"] = words_rows["max_selfsim"].to_list()
             flag_frames.append(thresholds.flag_summary(
-                words_rows, {"0.01": thresholds.POST_THRESHOLD,
-                             f"null{int(request.threshold_quantile * 100)}": meaning_threshold},
+                words_rows, {"0.01": thresholds.POST_THRESHOLD, _null_name(request): threshold},
                 outcome="hit_top3", split=split))
-            _timed(out, f"null/{method}", began)
 
     baseline_methods = [m for m in request.methods if m in ("vocabproj", "tokenchange")]
     if baseline_methods:
@@ -311,13 +326,22 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         rows = real.score_real(method, stats=stats, embedder=embedder, seed=request.seed,
                                **real.selfexplain_inputs(results))
         frames.append(rows)
+        min_scale = explainer.min_scale
+        for strategy in request.rerank:  # the same samples under other selection strategies
+            frames.append(real.score_real(
+                f"{method}:{strategy}", stats=stats, embedder=embedder, seed=request.seed,
+                **real.reranked_inputs(results, strategy, min_scale=min_scale,
+                                       entropy_metric=config.entropy_metric,
+                                       top_n=config.top_n)))
         out.settings[method] = config.settings_hash()
         _timed(out, f"real/{method}", began)
         verdict = rows.with_columns((pl.col("sim_own") > pl.col("sim_other")).alias("embed_win"))
-        null_key = f"meaning ({method})"
         named = {"0.01": thresholds.POST_THRESHOLD}
-        if null_key in out.thresholds:
-            named[f"null{int(request.threshold_quantile * 100)}"] = out.thresholds[null_key]
+        layer = sae.resid_layer if sae.resid_layer is not None else config.injection_layer
+        threshold = _null_threshold(out, request, explainer, method, layer, log)
+        if threshold is not None:
+            named[_null_name(request)] = threshold
+            out.observed[f"meaning ({method}) SAE features"] = rows["max_selfsim"].to_list()
         flag_frames.append(thresholds.flag_summary(verdict, named, outcome="embed_win",
                                                    split="real").with_columns(
             pl.lit("failure_flag_real").alias("suite")))
