@@ -20,7 +20,7 @@ from selfexplain.warehouse import frame, utc_now
 from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
 from tasks.explain import ShardRows, explain_shard
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
-from tasks.sae import load_sae_info
+from tasks.sae import load_sae_info, sae_feature_stats
 from tasks.store import (
     mark_interrupted,
     publish_snapshot,
@@ -96,6 +96,9 @@ def relabel(request: RelabelRequest) -> dict[str, object]:
     if shards:
         record(run_row(status="running", n_shards=len(shards), n_shards_skipped=n_shards_skipped),
                f"run-{run_id}")
+        stats = sae_feature_stats(request.sae, sae.release, sae.sae_id, todo)
+        if stats is not None:  # shipped with the SAE: lets v_feature_labels flag single tokens
+            record({"feature_stats": stats}, f"stats-{run_id}")
 
     progress = start_progress(artifact_key("relabel", sae.release, sae.sae_id), len(shards))
     totals = dict(n_labelled=0, n_failed=0, n_skipped=0)

@@ -45,3 +45,28 @@ def load_sae_info(spec: str) -> SaeInfo:
     """Load the SAE (validates its files) and return its ids and shape."""
     return sae_info(spec)
 
+
+
+def stats_dir(spec: str) -> Path | None:
+    """The folder that may ship `feature_stats.parquet` next to the SAE weights."""
+    from selfexplain.saes import DEFAULT_SAE_DIR
+
+    if spec == DEFAULT_SAE:
+        return DEFAULT_SAE_DIR
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
+@task(name="sae-feature-stats", cache_policy=NO_CACHE, persist_result=False)
+def sae_feature_stats(spec: str, release: str, sae_id: str, features: list[int]):
+    """The activation statistics shipped with the SAE (if any) as `feature_stats` rows for
+    `features`, so v_feature_labels can flag single-token features; None when there are none."""
+    import polars as pl
+
+    from selfexplain.stats import STATS_FILE, load_feature_stats, warehouse_rows
+
+    folder = stats_dir(spec)
+    if folder is None or not (folder / STATS_FILE).is_file():
+        return None
+    rows = warehouse_rows(load_feature_stats(folder), release=release, sae_id=sae_id)
+    return rows.filter(pl.col("feature").is_in(features))
