@@ -17,6 +17,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Nothing a test does may touch the user's Prefect home.
+os.environ.setdefault("PREFECT_HOME", __import__("tempfile").mkdtemp(prefix="selfexplain-prefect-"))
+# Tiny models are fastest on one thread (OpenMP start-up and contention dominate); the slow tests
+# on the real model raise it for themselves.
+torch.set_num_threads(1)
 
 from selfexplain.models import LoadedModel  # noqa: E402
 

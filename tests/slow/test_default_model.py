@@ -4,6 +4,7 @@ Run with `pytest -m slow`; `make test` runs them too (they fit CI's budget).
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -23,8 +24,10 @@ WORDS = [" dog", " red", " king", " water", " happy", " music", " bread", " wint
 
 @pytest.fixture(scope="module")
 def default_lm():
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    return load_model("default")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield load_model("default")
+    torch.set_num_threads(threads)
 
 
 def test_default_model_loads_and_is_verified(default_lm):
