@@ -1,0 +1,173 @@
+"""`make bench`: the original recipe and ours, side by side, in one run.
+
+Each side runs in its own subprocess (so peak memory is its own) on the same model, the same SAE
+features and the same planted words; the parent measures the matmul peak and prints one table.
+Writes bench/results.json. A benchmark, never a unit test.
+
+    python -m bench.run [--features 32] [--words 16] [--naive-features N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+BENCH_WORDS = (
+    " dog", " red", " king", " water", " happy", " run", " book", " green", " car", " sleep",
+    " music", " cold", " bread", " money", " fire", " tree", " ship", " angry", " winter", " phone",
+    " teacher", " snow", " horse", " eat",
+)
+
+
+def word_named(word: str, texts: list[str]) -> bool:
+    """Does any text name the word? Case-insensitive, as a whole word or a word's stem."""
+    import re
+
+    stem = word.strip().lower()
+    pattern = re.compile(rf"\b{re.escape(stem)}", re.IGNORECASE)
+    return any(pattern.search(text) for text in texts)
+
+
+def run_side(side: str, features: list[int], words: list[str], threads: int) -> dict[str, object]:
+    """Explain `features` of the default SAE, then the planted `words`; time only the features."""
+    torch.set_num_threads(threads)
+    from bench.flops import FlopCounter
+    from selfexplain.config import ExplainConfig
+    from selfexplain.models import load_model
+    from selfexplain.saes import load_sae
+    from selfexplain.vectors import word_directions
+
+    lm = load_model("default")
+    sae = load_sae("default")
+    directions, kept, _ = sae.unit_directions(features)
+    planted = word_directions(lm, words, 2)
+    if side == "naive":
+        from bench.naive import naive_explain
+
+        config = ExplainConfig.from_preset("faithful")
+        timings = {"prefill": 0.0, "metrics": 0.0, "generation": 0.0, "selection": 0.0}
+        with FlopCounter(lm.model) as counter:
+            start = time.perf_counter()
+            for direction in directions:
+                naive_explain(lm, direction, config, timings)
+            elapsed = time.perf_counter() - start
+        planted_top = [naive_explain(lm, d, config, dict.fromkeys(timings, 0.0))["explanations"]
+                       for d in planted]
+    else:
+        from selfexplain.explain import SelfExplainer
+
+        config = ExplainConfig.from_preset("default")
+        with FlopCounter(lm.model) as counter:
+            start = time.perf_counter()
+            explainer = SelfExplainer(lm, config)
+            explainer.explain(directions, kept)
+            elapsed = time.perf_counter() - start
+        timings = dict(explainer.timings)
+        results = explainer.explain(planted, list(range(len(words))), list(words))
+        planted_top = [[c.text for c in r.explanations] for r in results]
+    hits = sum(word_named(w, top) for w, top in zip(words, planted_top))
+    return {
+        "side": side,
+        "features": len(kept),
+        "seconds": elapsed,
+        "features_per_min": 60 * len(kept) / elapsed,
+        "timings": timings,
+        "gflop": counter.flops / 1e9,
+        "achieved_gflops": counter.flops / 1e9 / elapsed,
+        "planted_hits": hits,
+        "planted_n": len(words),
+        "planted_score": hits / len(words),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "dtype": str(next(lm.model.parameters()).dtype),
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--features", type=int, default=32, help="SAE features per side")
+    parser.add_argument("--naive-features", type=int, help="fewer for the slow side (default: same)")
+    parser.add_argument("--words", type=int, default=len(BENCH_WORDS), help="planted words per side")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--side", choices=["naive", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(HERE / "results.json"))
+    args = parser.parse_args()
+    words = list(BENCH_WORDS[: args.words])
+    if args.side:  # child process: one side, JSON on the last stdout line
+        count = args.features
+        print(json.dumps(run_side(args.side, list(range(count)), words, args.threads)))
+        return
+    sides = {}
+    for side, count in (("ours", args.features), ("naive", args.naive_features or args.features)):
+        print(f"running {side} on {count} features + {len(words)} planted words ...", flush=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.run", "--side", side, "--features", str(count),
+             "--words", str(len(words)), "--threads", str(args.threads)],
+            check=True, stdout=subprocess.PIPE, text=True, cwd=HERE.parent,
+        )
+        sides[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    from bench.flops import matmul_peak_gflops
+
+    torch.set_num_threads(args.threads)
+    peak = {dtype: matmul_peak_gflops(576, 1536, getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
+    ours, naive = sides["ours"], sides["naive"]
+    ours_peak = peak["bfloat16" if "bfloat16" in ours["dtype"] else "float32"]
+    results = {
+        "baseline_features_per_min": naive["features_per_min"],
+        "ours_features_per_min": ours["features_per_min"],
+        "speedup": ours["features_per_min"] / naive["features_per_min"],
+        "baseline_planted_score": naive["planted_score"],
+        "ours_planted_score": ours["planted_score"],
+        "matmul_peak_gflops": peak["float32"],
+        "matmul_peak_gflops_by_dtype": peak,
+        "achieved_gflops": ours["achieved_gflops"],
+        "baseline_achieved_gflops": naive["achieved_gflops"],
+        "achieved_fraction_of_peak": ours["achieved_gflops"] / ours_peak,
+        "peak_rss_mb": ours["peak_rss_mb"],
+        "baseline_peak_rss_mb": naive["peak_rss_mb"],
+        "full_default_sae_minutes_estimate": 4096 / ours["features_per_min"],
+        "threads": args.threads,
+        "sides": sides,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nwritten to {args.out}")
+
+
+def print_table(results: dict) -> None:
+    naive, ours = results["sides"]["naive"], results["sides"]["ours"]
+    rows = [
+        ("features", naive["features"], ours["features"]),
+        ("features / min", f"{naive['features_per_min']:.2f}", f"{ours['features_per_min']:.2f}"),
+        ("seconds / feature", f"{naive['seconds'] / naive['features']:.2f}",
+         f"{ours['seconds'] / ours['features']:.2f}"),
+        *[(f"  {stage} s", f"{naive['timings'][stage]:.1f}", f"{ours['timings'][stage]:.1f}")
+          for stage in ("prefill", "metrics", "generation", "selection")],
+        ("model GFLOP", f"{naive['gflop']:.0f}", f"{ours['gflop']:.0f}"),
+        ("achieved GFLOP/s", f"{naive['achieved_gflops']:.1f}", f"{ours['achieved_gflops']:.1f}"),
+        ("dtype", naive["dtype"], ours["dtype"]),
+        ("peak RSS MB", f"{naive['peak_rss_mb']:.0f}", f"{ours['peak_rss_mb']:.0f}"),
+        ("planted top-3", f"{naive['planted_hits']}/{naive['planted_n']}",
+         f"{ours['planted_hits']}/{ours['planted_n']}"),
+    ]
+    print(f"\n{'':22}{'original recipe':>18}{'selfexplain':>14}")
+    for name, a, b in rows:
+        print(f"{name:22}{a!s:>18}{b!s:>14}")
+    peak = results["matmul_peak_gflops_by_dtype"]
+    print(f"\nspeedup {results['speedup']:.1f}x; matmul peak fp32 {peak['float32']:.0f} GFLOP/s, "
+          f"bf16 {peak['bfloat16']:.0f} GFLOP/s; ours at {100 * results['achieved_fraction_of_peak']:.0f}% "
+          f"of its dtype's peak; full default SAE (4096) ~{results['full_default_sae_minutes_estimate']:.0f} min")
+
+
+if __name__ == "__main__":
+    main()
