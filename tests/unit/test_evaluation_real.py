@@ -128,7 +128,7 @@ def test_request_validation() -> None:
 
 
 def test_real_suite_on_tiny_model(tiny_lm, tmp_path) -> None:
-    from conftest import write_sae_folder
+    from tests.conftest import write_sae_folder
 
     from selfexplain.evaluation.suite import run_evaluation
     from selfexplain.saes import load_sae

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from tests.conftest import build_tiny_model, build_tiny_tokenizer
 from selfexplain.cli import main as cli_main
 from selfexplain.errors import InputError
 from selfexplain.stats import (
@@ -187,7 +187,7 @@ def test_sql_file_applies_with_the_whole_schema():
 
 
 def write_sae_with_stats(tmp_path, tokenizer) -> Path:
-    from conftest import write_sae_folder
+    from tests.conftest import write_sae_folder
 
     folder = write_sae_folder(tmp_path / "sae", 32, 4)
     frame = feature_stats(*planted(tokenizer), d_sae=4, n_tokens=14, decode=decode_with(tokenizer))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny_model
+from tests.conftest import build_tiny_model
 from selfexplain.cli import main as cli_main
 from selfexplain.corpus import clean_wikitext, corpus_files, read_documents, token_chunks
 from selfexplain.errors import InputError, SelfExplainError
