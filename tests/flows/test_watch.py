@@ -57,7 +57,8 @@ def test_watch_saes_registry_and_inbox(tmp_path, tiny_model_dir, tiny_sae_dir, f
         labels = wh.query("SELECT feature FROM v_feature_labels WHERE release = 'local:dropped' "
                           "ORDER BY feature")
         saes = dict(wh.query("SELECT release || '/' || sae_id AS k, removed FROM v_saes").iter_rows())
-        changes = wh.query("SELECT release, change, matched FROM sae_change ORDER BY observed_at")
+        changes = wh.query("SELECT release, change, matched FROM sae_change "
+                          "ORDER BY observed_at, change, release")
         snapshots = wh.query("SELECT n_saes FROM registry_snapshot ORDER BY first_seen")
         entries = wh.query("SELECT count(*) AS n FROM registry_entry")["n"][0]
     assert labels["feature"].to_list() == [0, 1, 2, 3]  # removal is soft: labels stay
