@@ -50,7 +50,8 @@ def evaluation_report(output: EvalOutput, out_dir: str | None) -> str | None:
     if out_dir is not None:
         path = str(write_report(out_dir, output.summary, title=f"evaluate --suite {request.suite}",
                                 notes=notes, curves=output.curves, null=output.null,
-                                thresholds=output.thresholds, observed=output.observed))
+                                thresholds=output.thresholds, observed=output.observed,
+                                tables={"layer_thresholds": output.layer_thresholds}))
     markdown = "\n".join([f"# Evaluation ({request.suite}, {request.split})", ""]
                          + [f"- {n}" for n in notes]
                          + ([f"- report: {path}"] if path else [])

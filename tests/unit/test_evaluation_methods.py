@@ -158,6 +158,10 @@ def test_threshold_null_is_seeded_and_flags_are_scored(tiny_lm, explainer) -> No
     got = dict(zip(summary["metric"], summary["value"]))
     assert got["flag_precision@0.01"] == 0.5 and got["flag_recall@high"] == 1.0
     assert got["flag_rate@high"] == 1.0
+    aucs = thresholds.selfsim_aurocs(frame, [0.0, 0.0, 0.0], method="m")
+    got = dict(zip(aucs["metric"], aucs["value"]))
+    assert got["auroc_vs_null"] == 0.875  # 3 of 4 items above every null value, one tied
+    assert got["auroc_hit_top3"] == 0.75  # right 0.5, 0.001 vs wrong 0.0, 0.2: 3 of 4 pairs
 
 
 def test_report_files(tmp_path) -> None:

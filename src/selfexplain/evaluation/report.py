@@ -89,7 +89,7 @@ def _pyplot():
 def plot_scores(summary: pl.DataFrame, path: Path) -> Path | None:
     """Per-suite grouped bars (metric groups, one bar per method) with interval error bars."""
     usable = summary.filter(pl.col("value").is_not_nan() & pl.col("n").gt(0))
-    usable = usable.filter(pl.col("method") != "chance")
+    usable = usable.filter(~pl.col("method").str.ends_with("chance"))
     if usable.height == 0:
         return None
     plt = _pyplot()
@@ -176,8 +176,10 @@ def write_report(out_dir: str | Path, summary: pl.DataFrame, *, title: str = "Ev
                  null: Mapping[str, Sequence[float]] | None = None,
                  thresholds: Mapping[str, float] | None = None,
                  observed: Mapping[str, Sequence[float]] | None = None,
-                 items: pl.DataFrame | None = None) -> Path:
-    """Write `report.md`, `summary.csv` (and `items.parquet`) and the plots; returns report.md."""
+                 items: pl.DataFrame | None = None,
+                 tables: Mapping[str, pl.DataFrame] | None = None) -> Path:
+    """Write `report.md`, `summary.csv` (and `items.parquet`, `<name>.csv` for each of `tables`)
+    and the plots; returns report.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = [
@@ -189,6 +191,9 @@ def write_report(out_dir: str | Path, summary: pl.DataFrame, *, title: str = "Ev
     summary.write_csv(out / "summary.csv")
     if items is not None and items.height:
         items.write_parquet(out / "items.parquet")
+    for name, table in (tables or {}).items():
+        if table.height:
+            table.write_csv(out / f"{name}.csv")
     lines = [f"# {title}", ""]
     lines += [f"- {note}" for note in notes]
     lines += ["", "```", pivot_text(summary), "```", "", "## All rows", "",

@@ -48,25 +48,32 @@ def label_nll(explainer: SelfExplainer, directions: Tensor, labels: Sequence[str
     state = explainer.states[kind]
     prompt, prefix = state.prompt, state.prefix
     scales = explainer.scales  # (scales,) absolute
+    n_scales = len(scales)
     batch_rows = batch_rows or explainer.config.batch_rows
-    out = torch.zeros(directions.shape[0], len(scales))
-    for i, label in enumerate(labels):
-        label_ids = torch.tensor(lm.tokenizer(label, add_special_tokens=False).input_ids)
-        suffix = torch.cat([prompt.input_ids[prefix.length :], label_ids]).to(lm.device)
-        positions = (prompt.placeholder_positions - prefix.length).to(lm.device)
-        vectors = scales[:, None] * directions[i].float()[None, :]  # (scales, d_model)
-        losses = []
-        for chunk in vectors.split(batch_rows):
-            rows = chunk.shape[0]
-            cache = prefix.expanded(lm, rows) if prefix.length else DynamicCache(
+    positions = (prompt.placeholder_positions - prefix.length).to(lm.device)
+    label_ids = [lm.tokenizer(label, add_special_tokens=False).input_ids for label in labels]
+    out = torch.zeros(directions.shape[0], n_scales)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(label_ids):
+        by_length.setdefault(len(ids), []).append(i)
+    for length, members in by_length.items():
+        # rows (concept, scale) of labels of the same length share one input width
+        rows = [(i, j) for i in members for j in range(n_scales)]
+        for start in range(0, len(rows), batch_rows):
+            chunk = rows[start : start + batch_rows]
+            vectors = torch.stack([scales[j] * directions[i].float() for i, j in chunk])
+            targets = torch.tensor([label_ids[i] for i, _ in chunk], device=lm.device)
+            suffix = prompt.input_ids[prefix.length :].to(lm.device)  # (suffix,)
+            input_ids = torch.cat([suffix[None, :].expand(len(chunk), -1), targets], dim=1)
+            cache = prefix.expanded(lm, len(chunk)) if prefix.length else DynamicCache(
                 config=lm.model.config)
-            with replaced_at(lm.layers[explainer.injection_layer], positions, chunk):
-                logits = lm.model(input_ids=suffix[None, :].expand(rows, -1), past_key_values=cache,
-                                  use_cache=True, logits_to_keep=len(label_ids) + 1).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (rows, label, vocab)
-            picked = logp.gather(-1, label_ids.to(lm.device)[None, :, None].expand(rows, -1, 1))
-            losses.append(-picked[..., 0].sum(dim=-1).cpu())
-        out[i] = torch.cat(losses)
+            with replaced_at(lm.layers[explainer.injection_layer], positions, vectors):
+                logits = lm.model(input_ids=input_ids, past_key_values=cache, use_cache=True,
+                                  logits_to_keep=length + 1).logits  # (rows, length + 1, vocab)
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (rows, length, vocab)
+            nll = -logp.gather(-1, targets[..., None])[..., 0].sum(dim=-1).cpu()  # (rows,)
+            for (i, j), value in zip(chunk, nll.tolist()):
+                out[i, j] = value
     return out
 
 
@@ -109,13 +116,20 @@ def summarise_scale_choice(rows: pl.DataFrame, *, split: str | None = None,
     summary = summarise_binary(rows, ("top3_exact", "top3_near"), suite=SUITE, split=split)
     if rows.height == 0:
         return summary
-    eligible = rows.unique("feature")["eligible"].to_list()
-    exact = sum(min(1.0, top_k / e) for e in eligible) / len(eligible)
-    near = sum(min(1.0, (top_k * 3) / e) for e in eligible) / len(eligible)  # upper bound
-    chance = [summary_row(SUITE, "chance", "top3_exact", exact, len(eligible), float("nan"),
-                          float("nan"), split),
-              summary_row(SUITE, "chance", "top3_near", near, len(eligible), float("nan"),
-                          float("nan"), split, "upper bound: 3 neighbourhoods of 3 scales")]
+    chance = []
+    # one chance row per run (its grid): methods are `run:strategy` or bare strategy names
+    runs = rows.with_columns(pl.col("method").str.split(":").list.first().alias("_run"))
+    for (run,), group in runs.group_by(["_run"], maintain_order=True):
+        eligible = group.unique("feature")["eligible"].to_list()
+        prefix = f"{run}:" if ":" in group["method"][0] else ""
+        exact = sum(min(1.0, top_k / e) for e in eligible) / len(eligible)
+        near = sum(min(1.0, (top_k * 3) / e) for e in eligible) / len(eligible)
+        chance += [
+            summary_row(SUITE, f"{prefix}chance", "top3_exact", exact, len(eligible),
+                        float("nan"), float("nan"), split, "top_k / eligible scales"),
+            summary_row(SUITE, f"{prefix}chance", "top3_near", near, len(eligible),
+                        float("nan"), float("nan"), split, "upper bound: 3 windows of 3 scales"),
+        ]
     return pl.concat([summary, summary_frame(chance)])
 
 

@@ -242,6 +242,8 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
             flag_frames.append(thresholds.flag_summary(
                 words_rows, {"0.01": thresholds.POST_THRESHOLD, _null_name(request): threshold},
                 outcome="hit_top3", split=split))
+            flag_frames.append(thresholds.selfsim_aurocs(
+                words_rows, out.null[f"meaning ({method})"], method=method, split=split))
 
     baseline_methods = [m for m in request.methods if m in ("vocabproj", "tokenchange")]
     if baseline_methods:
@@ -345,6 +347,9 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         flag_frames.append(thresholds.flag_summary(verdict, named, outcome="embed_win",
                                                    split="real").with_columns(
             pl.lit("failure_flag_real").alias("suite")))
+        flag_frames.append(thresholds.selfsim_aurocs(
+            verdict, out.null.get(f"meaning ({method})", []), method=method, outcome="embed_win",
+            split="real", suite="failure_flag_real"))
     directions, kept, _ = sae.unit_directions(features)
     layer = _config("default", request).injection_layer
     for method in (m for m in request.methods if m in BASELINES):

@@ -21,7 +21,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from selfexplain.evaluation.stats import summary_frame, summary_row, wilson
+from selfexplain.evaluation.stats import auroc, auroc_interval, summary_frame, summary_row, wilson
 from selfexplain.explain import SelfExplainer
 from selfexplain.forward import prompt_pass
 from selfexplain.metrics import self_similarity
@@ -137,4 +137,27 @@ def flag_summary(rows: pl.DataFrame, thresholds: dict[str, float], *, outcome: s
                 low, high = wilson(int(k), int(n))
                 out.append(summary_row(SUITE, str(method), f"{metric}@{name}", k / n, int(n), low,
                                        high, split, {"threshold": threshold, "outcome": outcome}))
+    return summary_frame(out)
+
+
+def selfsim_aurocs(rows: pl.DataFrame, null: Sequence[float], *, method: str,
+                   outcome: str = "hit_top3", split: str | None = None,
+                   suite: str = SUITE) -> pl.DataFrame:
+    """How informative max self-similarity is, as two AUROCs with Hanley-McNeil intervals:
+    `auroc_vs_null` (items vs random directions) and `auroc_outcome` (right vs wrong items)."""
+    part = rows.filter((pl.col("method") == method) & pl.col("max_selfsim").is_not_null())
+    sims = part["max_selfsim"].to_list()
+    out = []
+    if sims and len(null):
+        area = auroc(sims, list(null))
+        out.append(summary_row(suite, method, "auroc_vs_null", area, len(sims),
+                               *auroc_interval(area, len(sims), len(null)), split,
+                               {"n_null": len(null)}))
+    good = part.filter(pl.col(outcome) == True)["max_selfsim"].to_list()  # noqa: E712
+    bad = part.filter(pl.col(outcome) == False)["max_selfsim"].to_list()  # noqa: E712
+    if good and bad:
+        area = auroc(good, bad)
+        out.append(summary_row(suite, method, f"auroc_{outcome}", area, len(good) + len(bad),
+                               *auroc_interval(area, len(good), len(bad)), split,
+                               {"n_right": len(good), "n_wrong": len(bad)}))
     return summary_frame(out)
