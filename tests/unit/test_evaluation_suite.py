@@ -25,10 +25,12 @@ TINY = {"max_new_tokens": 3, "top_scales": 2, "samples_per_scale": 1, "batch_row
 
 @pytest.fixture(scope="module")
 def tiny_output(tiny_lm, tmp_path_factory):
+    from test_evaluation_real import bag_of_words
+
     request = EvalRequest(suite="planted", limit=3, classes=True, null_directions=4,
                           methods=("default", "vocabproj", "tokenchange"), overrides=TINY)
     runs = tmp_path_factory.mktemp("runs")
-    return run_evaluation(tiny_lm, request, runs_dir=runs), runs
+    return run_evaluation(tiny_lm, request, runs_dir=runs, embedder=bag_of_words), runs
 
 
 def test_planted_suite_on_tiny_model(tiny_output) -> None:
@@ -42,7 +44,10 @@ def test_planted_suite_on_tiny_model(tiny_output) -> None:
     assert ((words["ci_low"] <= words["value"] + 1e-9) & (words["value"] <= words["ci_high"] + 1e-9)).all()
     classes = summary.filter(pl.col("suite") == "planted_class")
     assert (classes["n"] == 10).all()
-    assert {"scale_selection", "failure_flag"} <= set(summary["suite"])
+    assert {"scale_selection", "failure_flag", "planted_embedding"} <= set(summary["suite"])
+    embedding = output.items["planted_embedding"]
+    assert embedding.height == output.items["planted"].height  # one row per (method, concept)
+    assert embedding["feature"].null_count() == 0
     assert set(output.null) == {"meaning (default)", "repeat (default)"}
     assert output.layer_thresholds.height == 2
     # the engine's own choice equals re-ranking its samples with its own strategy
@@ -83,7 +88,7 @@ def test_task_bodies(tiny_lm, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(task_module, "cached_model", lambda spec: tiny_lm)
     request = EvalRequest(limit=2, classes=False, null_directions=0, rerank=(),
                           methods=("default", "vocabproj"), overrides=TINY,
-                          scale_quality=False)
+                          scale_quality=False, planted_embedding=False)
     with disable_run_logger():
         output = task_module.evaluate_suite.fn(request, str(tmp_path / "runs"))
         frames = task_module.evaluation_rows.fn(output, "eval-test")
@@ -107,7 +112,8 @@ def test_planted_suite_on_the_default_model() -> None:
     torch.set_num_threads(1)
     lm = load_model("default")
     request = EvalRequest(limit=8, classes=False, null_directions=8,
-                          methods=("default", "vocabproj", "tokenchange"))
+                          methods=("default", "vocabproj", "tokenchange"),
+                          planted_embedding=False)
     output = run_evaluation(lm, request)
     items = output.items["planted"]
     names = [c.name for c in load_words("dev", 8)]

@@ -193,6 +193,42 @@ def reranked_inputs(results: Sequence[FeatureExplanation], strategy: str, *, min
                 max_selfsim=[fe.max_selfsim for fe in results])
 
 
+def label_target_similarity(method: str, names: Sequence[str], labels: Sequence[str | None],
+                            targets: Sequence[str], embedder: Callable[[Sequence[str]], Tensor],
+                            *, seed: int = 0, suite: str = "planted_embedding") -> pl.DataFrame:
+    """Per item: MiniLM similarity of its label to its own target text vs a deranged item's.
+
+    For planted concepts the target is the word (or class name): a lenient check that also
+    credits a synonym or a definition that never names the word ("tired" -> "exhausted")."""
+    index = list(range(len(names)))
+    other = derangement(index, seed) if len(index) >= 2 else index
+    label_vecs = embedder([label or "" for label in labels])
+    target_vecs = embedder(list(targets))
+    rows = []
+    for i in index:
+        has = bool(labels[i])
+        rows.append(dict(suite=suite, method=method, name=names[i],
+                         sim_own=float(label_vecs[i] @ target_vecs[i]) if has else None,
+                         sim_other=float(label_vecs[i] @ target_vecs[other[i]]) if has else None))
+    return pl.DataFrame(rows, schema={"suite": pl.String, "method": pl.String, "name": pl.String,
+                                      "sim_own": pl.Float64, "sim_other": pl.Float64},
+                        orient="row")
+
+
+def summarise_auroc(rows: pl.DataFrame, *, suite: str, split: str | None = None) -> pl.DataFrame:
+    """Per method: AUROC of own vs other similarity (Hanley-McNeil interval)."""
+    out = []
+    for (method,), group in rows.group_by(["method"], maintain_order=True):
+        pairs = group.filter(pl.col("sim_own").is_not_null() & pl.col("sim_other").is_not_null())
+        if pairs.height == 0:
+            continue
+        own, other = pairs["sim_own"].to_list(), pairs["sim_other"].to_list()
+        area = auroc(own, other)
+        out.append(summary_row(suite, str(method), "auroc", area, pairs.height,
+                               *auroc_interval(area, len(own), len(other)), split))
+    return summary_frame(out)
+
+
 def summarise_real(rows: pl.DataFrame, *, split: str | None = None) -> pl.DataFrame:
     """Token recovery (Wilson), mean similarities, and the own-vs-other AUROC (Hanley-McNeil)."""
     frames = [
@@ -200,15 +236,5 @@ def summarise_real(rows: pl.DataFrame, *, split: str | None = None) -> pl.DataFr
                          "label_names_token"), suite=SUITE_TOKEN, split=split),
         summarise_mean(rows, ("sim_own", "sim_other"), suite=SUITE_EMBED, split=split),
     ]
-    aucs = []
-    for (method,), group in rows.group_by(["method"], maintain_order=True):
-        pairs = group.filter(pl.col("sim_own").is_not_null() & pl.col("sim_other").is_not_null())
-        if pairs.height == 0:
-            continue
-        own, other = pairs["sim_own"].to_list(), pairs["sim_other"].to_list()
-        area = auroc(own, other)
-        low, high = auroc_interval(area, len(own), len(other))
-        aucs.append(summary_row(SUITE_EMBED, str(method), "auroc", area, pairs.height, low, high,
-                                split))
-    frames.append(summary_frame(aucs))
+    frames.append(summarise_auroc(rows, suite=SUITE_EMBED, split=split))
     return pl.concat(frames)

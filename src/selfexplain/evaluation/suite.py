@@ -58,6 +58,9 @@ class EvalRequest(BaseModel):
     tokenchange_scale: float = Field(1.0, gt=0)
     """TokenChange amplification, in units of the typical residual norm at the injection layer."""
     baseline_k: int = Field(10, ge=1)
+    planted_embedding: bool = True
+    """Planted: also the MiniLM similarity AUROC of each method's top label to its word (credits
+    synonyms and definitions that the strict name match misses)."""
     seed: int = 0
     sae: str = "default"
     model: str = "default"
@@ -136,7 +139,7 @@ def run_evaluation(lm: LoadedModel, request: EvalRequest, *, sae=None, stats=Non
     out = EvalOutput(request)
     out.runs_dir = None if runs_dir is None else Path(runs_dir)
     if request.suite in ("planted", "all"):
-        run_planted_suite(lm, request, out, log)
+        run_planted_suite(lm, request, out, log, embedder)
     if request.suite in ("real", "all"):
         if sae is None or stats is None:
             raise InputError("the real suite needs the SAE and its feature stats")
@@ -188,7 +191,8 @@ def _timed(out: EvalOutput, key: str, began: float) -> None:
     out.timings[key] = round(time.perf_counter() - began, 1)
 
 
-def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, log: Log) -> None:
+def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, log: Log,
+                      embedder=None) -> None:
     from selfexplain.explain import SelfExplainer
 
     concepts = load_words(request.split, request.limit)
@@ -259,6 +263,22 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
     items = pl.concat(frames) if frames else pl.DataFrame(schema=planted.ROW_SCHEMA)
     out.items["planted"] = items
     out.summaries.append(planted.summarise_planted(items, split=split, settings=out.settings))
+    if request.planted_embedding and items.height:
+        began = time.perf_counter()
+        embedder = embedder or real.Embedder()
+        sims = []
+        for (method,), group in items.group_by(["method"], maintain_order=True):
+            labels = [(", ".join(ls[:5]) if str(method) in BASELINES else ls[0]) if ls else None
+                      for ls in group["labels"].to_list()]
+            sims.append(real.label_target_similarity(
+                str(method), group["name"].to_list(), labels, group["name"].to_list(), embedder,
+                seed=request.seed))
+        keys = items.select("method", "name", "feature", "kind").unique(["method", "name"])
+        sim_rows = pl.concat(sims).join(keys, on=["method", "name"], how="left")
+        out.items["planted_embedding"] = sim_rows
+        out.summaries.append(real.summarise_auroc(sim_rows, suite="planted_embedding",
+                                                  split=split))
+        _timed(out, "planted/embedding", began)
     if scale_frames:
         scale_rows = pl.concat(scale_frames).with_columns(
             (pl.col("run") + ":" + pl.col("method")).alias("method")).drop("run")
@@ -385,11 +405,13 @@ _ITEM_METRICS = {
     "scale_selection": ("top3_exact", "top3_near", "best_scale"),
     "real": ("recovered_exact", "label_names_token", "sim_own", "sim_other", "failed",
              "max_selfsim"),
+    "planted_embedding": ("sim_own", "sim_other"),
 }
 _DETAIL = {
     "planted": ("labels", "recovered", "matched", "kind", "pos"),
     "scale_selection": ("chosen_scales", "eligible"),
     "real": ("label", "recovered", "top_token", "single_token", "other_feature"),
+    "planted_embedding": (),
 }
 
 
@@ -400,16 +422,17 @@ def eval_result_rows(output: EvalOutput, *, eval_id: str, model_id: str, sae_rel
     split = output.request.split
     records = []
     for suite, items in output.items.items():
-        base = suite.split("_")[0] if suite != "scale_selection" else suite
+        if suite not in _ITEM_METRICS:  # e.g. judge verdicts: stored by the judge step
+            continue
         for row in items.iter_rows(named=True):
             method = row["method"]
             if suite == "real":
                 release, set_id = sae_release, sae_id
             else:
-                kind = {"word": "words", "class": "classes"}[row.get("kind") or "word"]
+                kind = {"word": "words", "class": "classes"}.get(row.get("kind") or "word", "words")
                 release, set_id = "planted", f"{kind}_{split}"
-            detail = {k: row[k] for k in _DETAIL[base] if k in row}
-            for metric in _ITEM_METRICS[base]:
+            detail = {k: row[k] for k in _DETAIL[suite] if k in row}
+            for metric in _ITEM_METRICS[suite]:
                 value = row.get(metric)
                 if value is None:
                     continue
