@@ -44,7 +44,8 @@ def test_planted_suite_on_tiny_model(tiny_output) -> None:
     assert ((words["ci_low"] <= words["value"] + 1e-9) & (words["value"] <= words["ci_high"] + 1e-9)).all()
     classes = summary.filter(pl.col("suite") == "planted_class")
     assert (classes["n"] == 10).all()
-    assert {"scale_selection", "failure_flag", "planted_embedding"} <= set(summary["suite"])
+    assert {"scale_selection", "failure_flag", "planted_embedding",
+            "planted_embedding_class"} <= set(summary["suite"])
     embedding = output.items["planted_embedding"]
     assert embedding.height == output.items["planted"].height  # one row per (method, concept)
     assert embedding["feature"].null_count() == 0

@@ -267,17 +267,20 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
         began = time.perf_counter()
         embedder = embedder or real.Embedder()
         sims = []
-        for (method,), group in items.group_by(["method"], maintain_order=True):
+        for (kind, method), group in items.group_by(["kind", "method"], maintain_order=True):
             labels = [(", ".join(ls[:5]) if str(method) in BASELINES else ls[0]) if ls else None
                       for ls in group["labels"].to_list()]
+            suite = "planted_embedding" if kind == "word" else "planted_embedding_class"
             sims.append(real.label_target_similarity(
                 str(method), group["name"].to_list(), labels, group["name"].to_list(), embedder,
-                seed=request.seed))
+                seed=request.seed, suite=suite))
         keys = items.select("method", "name", "feature", "kind").unique(["method", "name"])
         sim_rows = pl.concat(sims).join(keys, on=["method", "name"], how="left")
         out.items["planted_embedding"] = sim_rows
-        out.summaries.append(real.summarise_auroc(sim_rows, suite="planted_embedding",
-                                                  split=split))
+        for suite in ("planted_embedding", "planted_embedding_class"):
+            part = sim_rows.filter(pl.col("suite") == suite)
+            if part.height:
+                out.summaries.append(real.summarise_auroc(part, suite=suite, split=split))
         _timed(out, "planted/embedding", began)
     if scale_frames:
         scale_rows = pl.concat(scale_frames).with_columns(
