@@ -51,7 +51,8 @@ def evaluation_report(output: EvalOutput, out_dir: str | None) -> str | None:
         path = str(write_report(out_dir, output.summary, title=f"evaluate --suite {request.suite}",
                                 notes=notes, curves=output.curves, null=output.null,
                                 thresholds=output.thresholds, observed=output.observed,
-                                tables={"layer_thresholds": output.layer_thresholds}))
+                                tables={"layer_thresholds": output.layer_thresholds,
+                                        "null": output.null_frame}))
     markdown = "\n".join([f"# Evaluation ({request.suite}, {request.split})", ""]
                          + [f"- {n}" for n in notes]
                          + ([f"- report: {path}"] if path else [])

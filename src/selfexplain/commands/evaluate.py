@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
             notes=output.notes + [f"timings (s): {output.timings}", f"model: {lm.model_id} "
                                   f"({lm.revision})"],
             curves=output.curves, null=output.null, thresholds=output.thresholds,
-            observed=output.observed, tables={"layer_thresholds": output.layer_thresholds})
+            observed=output.observed, tables={"layer_thresholds": output.layer_thresholds,
+                                        "null": output.null_frame})
         for name, frame in output.items.items():
             frame.write_parquet(f"{args.out}/items_{name}.parquet")
         log(f"report written to {path}")

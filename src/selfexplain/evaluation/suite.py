@@ -114,6 +114,14 @@ class EvalOutput:
         return pl.concat(frames) if frames else summary_frame([])
 
     @property
+    def null_frame(self) -> pl.DataFrame:
+        """The null draws as rows (`prompt (method)`, index, max_selfsim), for the report folder."""
+        rows = [dict(null=key, index=i, max_selfsim=v)
+                for key, values in self.null.items() for i, v in enumerate(values)]
+        return pl.DataFrame(rows, schema={"null": pl.String, "index": pl.Int64,
+                                          "max_selfsim": pl.Float64}, orient="row")
+
+    @property
     def layer_thresholds(self) -> pl.DataFrame:
         frames = [f for f in self.threshold_rows if f.height]
         return pl.concat(frames) if frames else pl.DataFrame(schema=thresholds.THRESHOLD_SCHEMA)
