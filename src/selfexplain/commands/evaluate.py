@@ -117,15 +117,13 @@ def run(args: argparse.Namespace) -> int:
         print("\nnotes:\n" + "\n".join(f"- {n}" for n in output.notes))
         print("timings (s): " + ", ".join(f"{k} {v}" for k, v in output.timings.items()))
     if args.out:
-        items = [f.with_columns(__import__("polars").lit(k).alias("table"))
-                 for k, f in output.items.items()]
         path = write_report(
             args.out, summary, title=f"selfexplain evaluate --suite {request.suite}",
             notes=output.notes + [f"timings (s): {output.timings}", f"model: {lm.model_id} "
                                   f"({lm.revision})"],
             curves=output.curves, null=output.null, thresholds=output.thresholds,
-            observed=output.observed, tables={"layer_thresholds": output.layer_thresholds,
-                                        "null": output.null_frame})
+            observed=output.observed,
+            tables={"layer_thresholds": output.layer_thresholds, "null": output.null_frame})
         for name, frame in output.items.items():
             frame.write_parquet(f"{args.out}/items_{name}.parquet")
         log(f"report written to {path}")
