@@ -15,10 +15,11 @@ import polars as pl
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from selfexplain.runlock import writer_lock
 from selfexplain.saes import check_features
-from selfexplain.warehouse import frame, utc_now
+from selfexplain.warehouse import MEMORY, frame, utc_now
 from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
-from tasks.explain import ShardRows, explain_shard
+from tasks.explain import ShardRows, explain_shard, prepare_engine_task
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
 from tasks.sae import load_sae_info, sae_feature_stats
 from tasks.store import (
@@ -61,7 +62,14 @@ def run_frame(request: RelabelRequest, sae: SaeInfo, run_id: str, request_hash: 
 
 @flow(name="relabel", log_prints=True)
 def relabel(request: RelabelRequest) -> dict[str, object]:
-    """Relabel the requested features of one SAE; returns a summary of the run."""
+    """Relabel the requested features of one SAE; returns a summary of the run.
+
+    One run per warehouse at a time: a second gets WarehouseInUse naming the first's PID."""
+    with writer_lock(request.warehouse if request.out_dir is None else MEMORY):
+        return _relabel(request)
+
+
+def _relabel(request: RelabelRequest) -> dict[str, object]:
     log = get_run_logger()
     run_id = flow_run.id or str(uuid.uuid4())
     started_at, began = utc_now(), time.perf_counter()
@@ -88,12 +96,14 @@ def relabel(request: RelabelRequest) -> dict[str, object]:
     print(f"relabel {sae.release}/{sae.sae_id}: {len(features)} features, {len(shards)} shards "
           f"to run, {len(features) - len(todo)} features already stored for request "
           f"{request_hash}")
+    if shards:  # a bad model, SAE or setting fails here, before any row is written
+        prepare_engine_task(request)
+    if not parquet:  # this run holds the lock: an earlier one still `running` was killed
+        mark_interrupted(request.warehouse, request_hash, run_id)
     if not shards:
         print(f"nothing to do: all {len(features)} features are stored for request "
               f"{request_hash}; change the settings or the seed to label them again")
-    elif not parquet:
-        mark_interrupted(request.warehouse, request_hash, run_id)
-    if shards:
+    else:
         record(run_row(status="running", n_shards=len(shards), n_shards_skipped=n_shards_skipped),
                f"run-{run_id}")
         stats = sae_feature_stats(request.sae, sae.release, sae.sae_id, todo)

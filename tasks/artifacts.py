@@ -10,7 +10,7 @@ from pathlib import Path
 from uuid import UUID
 
 import polars as pl
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
@@ -132,9 +132,13 @@ def publish_artifacts(summary: dict[str, object], labels: pl.DataFrame, sweeps: 
         data_url = "data:image/png;base64," + base64.b64encode(png).decode()
         if plot_dir:
             path = Path(plot_dir) / f"scale_sweep-{summary['run_id']}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(png)
-            png_path = str(path)
+            try:  # monitoring only: a full or read-only disk must not fail a stored run
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(png)
+                png_path = str(path)
+            except OSError as err:
+                get_run_logger().warning(f"cannot write the scale sweep plot {path}: "
+                                         f"{err.strerror or err}")
         create_image_artifact(data_url, key=artifact_key(base, "scale-sweep"),
                               description="selfsim, entropy, composite vs scale")
     create_markdown_artifact(summary_markdown(summary, labels, png_path, data_url),

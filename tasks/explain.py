@@ -48,6 +48,21 @@ def cached_explainer(spec: str, config: ExplainConfig):
     return SelfExplainer(cached_model(spec), config)
 
 
+def prepare_engine(request: RelabelRequest) -> None:
+    """Load the model and SAE and build the engine (all cached for this process's shards), so that
+    a model that cannot load, an SAE that does not fit it, a layer beyond it or a placeholder that
+    is not one token fail before a run writes anything."""
+    lm = cached_model(request.model)
+    cached_sae(request.sae).check_fits(lm.d_model, lm.n_layers)
+    cached_explainer(request.model, request.config())
+
+
+@task(name="prepare-engine", cache_policy=NO_CACHE, persist_result=False)
+def prepare_engine_task(request: RelabelRequest) -> None:
+    """Check that model, SAE and settings fit together before anything is written."""
+    prepare_engine(request)
+
+
 def explain_features(request: RelabelRequest, sae: SaeInfo, features: list[int], *, run_id: str,
                      request_hash: str, log=None) -> ShardRows:
     """The shard's work as a plain function (the task below only adds retries and logging)."""

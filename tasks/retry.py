@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+
 from selfexplain.errors import SelfExplainError
 from selfexplain.warehouse import WarehouseInUse
+
+
+PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                    errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+"""A full or read-only disk, a missing path: retrying in seconds changes nothing."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -11,6 +18,8 @@ def is_transient(error: BaseException) -> bool:
         return True  # another writer holds the file for a moment
     if isinstance(error, SelfExplainError):
         return False  # bad input, a missing model: the same next time
+    if isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS:
+        return False
     return isinstance(error, (OSError, TimeoutError, ConnectionError, MemoryError))
 
 

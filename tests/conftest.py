@@ -19,6 +19,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Nothing a test does may touch the user's Prefect home.
 os.environ.setdefault("PREFECT_HOME", __import__("tempfile").mkdtemp(prefix="selfexplain-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # Tiny models are fastest on one thread (OpenMP start-up and contention dominate); the slow tests
 # on the real model raise it for themselves.
 torch.set_num_threads(1)
@@ -89,6 +92,16 @@ def build_tiny_model(family: str = "llama", *, n_layers: int = 6, d_model: int =
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     return LoadedModel(model, tokenizer, f"tiny-{family}", "random")
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the whole session (flows/ and reliability/ use it; about 10 s
+    to start). Harmless "database is locked" lines in its log are expected."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,28 @@ class WarehouseInUse(WarehouseError):
 
 
 _PID = re.compile(r"\(PID (\d+)\)")
+DUCKDB_MAGIC = b"DUCK"
+"""Bytes 8-11 of every DuckDB database file."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def io_hint(text: str, path: str, default: str = "check the path, or pass another --warehouse path"
+            ) -> str:
+    """What to do about a failure on the warehouse file, from the error's text."""
+    lowered = text.lower()
+    if "no space left" in lowered or "disk quota" in lowered:
+        return "free some disk space, then run again (stored shards are kept)"
+    if "read-only file system" in lowered or "permission denied" in lowered:
+        return f"make {Path(path).parent} writable, or pass another --warehouse path"
+    if ("not a valid duckdb" in lowered or "corrupt" in lowered or "checksum" in lowered
+            or "could not read" in lowered or "not a duckdb" in lowered):
+        return ("the file is damaged or not a warehouse: restore a backup (selfexplain import "
+                "--backup DIR --warehouse NEW) or pass another --warehouse path")
+    return default
 
 
 def _open_error(path: str, err: duckdb.Error, read_only: bool) -> WarehouseError:
@@ -76,8 +98,28 @@ def _open_error(path: str, err: duckdb.Error, read_only: bool) -> WarehouseError
             else "wait for that run to finish, or pass another --warehouse path"
         )
         return WarehouseInUse(f"warehouse {path} is in use by {who}: {hint}", pid)
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return WarehouseError(f"cannot open warehouse {path}: {first}")
+    first = _first_line(err)
+    return WarehouseError(f"cannot open warehouse {path}: {first}; {io_hint(first, path)}")
+
+
+def check_duckdb_file(path: str) -> None:
+    """Refuse an existing non-empty file that is not a DuckDB database (DuckDB would otherwise try
+    to download a reader extension for SQLite files and the like)."""
+    file = Path(path)
+    if path == MEMORY or not file.is_file() or file.stat().st_size == 0:
+        return
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(16)
+    except OSError as err:
+        raise WarehouseError(f"cannot read warehouse {path}: {err.strerror}; "
+                             f"{io_hint(str(err), path)}") from None
+    if len(head) < 12 or head[8:12] != DUCKDB_MAGIC:
+        kind = "an SQLite database" if head.startswith(b"SQLite format") else "not a DuckDB file"
+        raise WarehouseError(
+            f"{path} is not a selfexplain warehouse ({kind}): pass another --warehouse path, or "
+            "restore a backup there (selfexplain import --backup DIR)"
+        )
 
 
 class Warehouse:
@@ -99,8 +141,17 @@ class Warehouse:
                 f"{self.path}` first, or pass the right --warehouse path"
             )
         if self.path != MEMORY:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            check_duckdb_file(self.path)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise WarehouseError(f"cannot create the folder of warehouse {self.path}: "
+                                     f"{err.strerror}; {io_hint(str(err), self.path)}") from None
         self.con = self._connect(wait_s)
+        if read_only and self.path != MEMORY and not self._has_table("schema_version"):
+            self.con.close()
+            raise WarehouseError(f"{self.path} is not a selfexplain warehouse (no schema_version "
+                                 "table): pass another --warehouse path")
         if not read_only:
             try:
                 self.apply_schema()
@@ -164,6 +215,21 @@ class Warehouse:
             first = str(err).strip().splitlines()[0]
             raise WarehouseError(f"SQL file {path.name} failed on {self.path}: {first}") from None
 
+    def _commit(self, what: str) -> None:
+        """COMMIT, turning a failed write (full or read-only disk) into one WarehouseError line."""
+        try:
+            self.con.execute("COMMIT")
+        except duckdb.Error as err:
+            first = _first_line(err)
+            raise WarehouseError(f"{what} on {self.path} failed: {first}; "
+                                 f"{io_hint(first, self.path)}") from None
+
+    def _rollback(self) -> None:
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.Error:  # nothing open any more (a failed COMMIT already ended it)
+            pass
+
     def apply_schema(self) -> None:
         """Migrations, tables, views: idempotent, in one transaction."""
         fresh = not self._has_table("schema_version")
@@ -203,9 +269,9 @@ class Warehouse:
                 )
             for path in self._files("views"):
                 self._run_file(path)
-            self.con.execute("COMMIT")
+            self._commit("applying the schema")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def schema_version(self) -> int:
@@ -243,13 +309,17 @@ class Warehouse:
         missing = [k for k in key if k not in frame.columns]
         if missing:
             raise WarehouseError(f"rows for {table} lack key column(s) {missing}")
+        if table in LATEST_WINS:  # the newest row of a key wins, whatever the order in the batch
+            frame = frame.sort(list(LATEST_WINS[table]), nulls_last=False, maintain_order=True)
         frame = frame.unique(subset=key, keep="last", maintain_order=True)
         self.con.register("incoming", frame)
         try:
             self.con.execute(sql_file.read_text())
         except duckdb.Error as err:
             first = str(err).strip().splitlines()[0]
-            raise WarehouseError(f"upsert into {table} failed: {first}") from None
+            hint = io_hint(first, self.path, default="")
+            raise WarehouseError(f"upsert into {table} failed: {first}"
+                                 + (f"; {hint}" if hint else "")) from None
         finally:
             try:
                 self.con.unregister("incoming")
@@ -262,9 +332,9 @@ class Warehouse:
         self.con.execute("BEGIN TRANSACTION")
         try:
             counts = {table: self.upsert(table, frame) for table, frame in frames.items()}
-            self.con.execute("COMMIT")
+            self._commit(f"writing {', '.join(frames)}")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._rollback()
             try:
                 self.con.unregister("incoming")
             except duckdb.Error:
@@ -280,11 +350,17 @@ class Warehouse:
         """Checkpoint and copy the file to `<file>.snapshot` (atomic rename) for readers."""
         if self.path == MEMORY or self.read_only:
             return None
-        self.con.execute("CHECKPOINT")
         target = snapshot_path(self.path)
         partial = target.with_name(target.name + ".partial")
-        shutil.copyfile(self.path, partial)
-        os.replace(partial, target)
+        try:
+            self.con.execute("CHECKPOINT")
+            shutil.copyfile(self.path, partial)
+            os.replace(partial, target)
+        except (OSError, duckdb.Error) as err:
+            partial.unlink(missing_ok=True)
+            first = _first_line(err)
+            raise WarehouseError(f"cannot publish the snapshot {target}: {first}; "
+                                 f"{io_hint(first, self.path)}") from None
         return target
 
     # -- reading ------------------------------------------------------------------------------
@@ -334,6 +410,10 @@ def open_reader(path: str | Path, *, snapshot: bool | None = None, wait_s: float
 
 
 # -- records -> rows ------------------------------------------------------------------------------
+LATEST_WINS: dict[str, tuple[str, ...]] = {"label_current": ("labelled_at", "run_id")}
+"""Tables whose upsert keeps the newest row of a key (sql/upserts): a batch holding several rows
+of one key is reduced to its newest by these columns, not to whichever came last."""
+
 TS = pl.Datetime("us", "UTC")
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "label": {
@@ -468,32 +548,62 @@ def backup(wh: Warehouse, folder: Path) -> dict[str, object]:
     from selfexplain import __version__
 
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise WarehouseError(f"backup folder {folder} is not empty: give a new folder")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise WarehouseError(f"backup folder {folder} already exists: give a new folder")
     partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    counts: dict[str, int] = {}
-    for table in wh.tables():
-        rows = wh.table(table)
-        rows.write_parquet(partial / f"{table}.parquet")
-        counts[table] = rows.height
-    manifest = {"schema_version": wh.schema_version(), "created_at": utc_now().isoformat(),
-                "selfexplain_version": __version__, "source": wh.path, "tables": counts}
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if folder.exists():
-        folder.rmdir()
-    partial.rename(folder)
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        counts: dict[str, int] = {}
+        for table in wh.tables():
+            rows = wh.table(table)
+            rows.write_parquet(partial / f"{table}.parquet")
+            counts[table] = rows.height
+        manifest = {"schema_version": wh.schema_version(), "created_at": utc_now().isoformat(),
+                    "selfexplain_version": __version__, "source": wh.path, "tables": counts}
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if folder.exists():
+            folder.rmdir()
+        partial.rename(folder)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        message = err.strerror or _first_line(err)
+        raise WarehouseError(f"cannot write the backup {folder}: {message}; "
+                             f"{io_hint(message, str(folder), 'give another folder')}") from None
     return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, object]:
+    """A backup's manifest.json, checked: schema_version (int) and tables (name -> rows)."""
+    manifest_path = Path(folder) / "manifest.json"
+    if not manifest_path.is_file():
+        raise WarehouseError(f"{folder} has no manifest.json: not a `selfexplain export --backup`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        version = int(manifest["schema_version"])
+        tables = manifest["tables"]
+        if not isinstance(tables, dict) or not all(isinstance(t, str) for t in tables):
+            raise TypeError("tables is not a mapping of table names")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise WarehouseError(f"{manifest_path} is damaged ({type(err).__name__}: "
+                             f"{_first_line(err)}): make the backup again") from None
+    return {**manifest, "schema_version": version, "tables": tables}
+
+
+def _restorable(wh: Warehouse, table: str, rows: pl.DataFrame) -> pl.DataFrame:
+    """A backup table as the current schema expects it: columns added by later migrations are
+    filled with NULL (a backup made before a migration restores into the migrated warehouse)."""
+    columns = wh.con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND table_name = ? ORDER BY column_index", [table]).fetchall()
+    missing = [name for (name,) in columns if name not in rows.columns]
+    return rows.with_columns([pl.lit(None).alias(name) for name in missing]) if missing else rows
 
 
 def restore(wh: Warehouse, folder: Path) -> dict[str, int]:
     """Upsert a backup into `wh` (one transaction). Restoring twice changes nothing."""
     folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise WarehouseError(f"{folder} has no manifest.json: not a `selfexplain export --backup`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(folder)
     if int(manifest["schema_version"]) > wh.schema_version():
         raise WarehouseError(
             f"backup {folder} is at schema version {manifest['schema_version']}, newer than "
@@ -506,7 +616,13 @@ def restore(wh: Warehouse, folder: Path) -> dict[str, int]:
             continue
         if table not in known:
             raise WarehouseError(f"backup table {table!r} does not exist in {wh.path}")
-        frames[table] = pl.read_parquet(folder / f"{table}.parquet")
+        try:
+            rows = pl.read_parquet(folder / f"{table}.parquet")
+        except Exception as err:  # polars raises several types on missing or damaged files
+            raise WarehouseError(f"backup file {folder / (table + '.parquet')} is missing or "
+                                 f"damaged ({_first_line(err)[:120]}): make the backup again"
+                                 ) from None
+        frames[table] = _restorable(wh, table, rows)
     wh.con.execute("BEGIN TRANSACTION")
     try:
         counts = {}
@@ -520,8 +636,8 @@ def restore(wh: Warehouse, folder: Path) -> dict[str, int]:
                 finally:
                     wh.con.unregister("incoming")
                 counts[table] = rows.height
-        wh.con.execute("COMMIT")
+        wh._commit(f"restoring {folder}")
     except BaseException:
-        wh.con.execute("ROLLBACK")
+        wh._rollback()
         raise
     return counts

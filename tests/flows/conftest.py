@@ -20,16 +20,14 @@ FAST = {"max_new_tokens": 4, "batch_rows": 32, "top_scales": 1, "min_scale": 0.4
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server():
+def _prefect(prefect_server):
+    """The session's Prefect test server (tests/conftest.py), shared with tests/reliability."""
     import torch
-    from prefect.testing.utilities import prefect_test_harness
 
     # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
     # spin-waiting made a 0.1 s shard take 10 s.
     torch.set_num_threads(1)
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    yield
 
 
 @pytest.fixture(scope="session")

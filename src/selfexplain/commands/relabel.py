@@ -49,19 +49,45 @@ def build_request(args: argparse.Namespace):
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def preflight(request) -> None:
+    """Check everything that can be checked before Prefect starts, so that bad input ends in one
+    line and leaves the warehouse as it was: the SAE, the feature range, the warehouse file and,
+    when shards are left to run, the model and engine settings. What is loaded here is cached and
+    reused by the flow in this process."""
+    from selfexplain.saes import check_features
     from selfexplain.warehouse import Warehouse
+    from tasks.explain import prepare_engine
+    from tasks.sae import sae_info
+    from tasks.store import stored_features
+
+    sae = sae_info(request.sae)
+    features = request.feature_list(sae.d_sae)
+    check_features(features, sae.d_sae)
+    warehouse = None if request.out_dir is not None else Path(request.warehouse)
+    stored: set[int] = set()
+    if warehouse is not None and warehouse.exists():  # busy, foreign or damaged: say so now
+        stored.update(stored_features.fn(str(warehouse),
+                                         request.request_hash(sae.release, sae.sae_id)))
+    if set(features) - stored:
+        prepare_engine(request)
+    if warehouse is not None and not warehouse.exists():
+        Warehouse(warehouse).close()  # a read-only folder or a full disk: say so now
+
+
+def run(args: argparse.Namespace) -> int:
+    from selfexplain.runlock import writer_lock
+    from selfexplain.warehouse import MEMORY
 
     request = build_request(args)  # validates every flag before anything slow starts
-    if request.out_dir is None:
-        Warehouse(request.warehouse, wait_s=2).close()  # busy or foreign: say so now, not later
-    print(f"relabel: model {request.model}, SAE {request.sae}, features "
-          f"{'all' if request.all_features else request.features}, shard size "
-          f"{request.shard_size}; starting Prefect (ephemeral) ...", flush=True)
-    began = time.perf_counter()
-    from flows.relabel import relabel
+    with writer_lock(request.warehouse if request.out_dir is None else MEMORY):
+        preflight(request)
+        print(f"relabel: model {request.model}, SAE {request.sae}, features "
+              f"{'all' if request.all_features else request.features}, shard size "
+              f"{request.shard_size}; starting Prefect (ephemeral) ...", flush=True)
+        began = time.perf_counter()
+        from flows.relabel import relabel
 
-    summary = relabel(request)
+        summary = relabel(request)
     elapsed = time.perf_counter() - began
     print()
     print(f"done in {elapsed:.0f} s: {summary['n_labelled']} labelled, {summary['n_failed']} "
@@ -94,6 +120,12 @@ def _preview(warehouse: str, summary: dict) -> None:
             "FROM v_feature_labels "
             "WHERE release = ? AND sae_id = ? ORDER BY feature",
             [summary["release"], summary["sae_id"]])
+        skipped = wh.query(
+            "SELECT feature, failure_reason FROM v_feature_labels WHERE release = ? "
+            "AND sae_id = ? AND skipped AND run_id = ? ORDER BY feature",
+            [summary["release"], summary["sae_id"], summary["run_id"]])
     with pl.Config(tbl_rows=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True,
                    tbl_hide_column_data_types=True):
         print(labels)
+    for feature, reason in skipped.iter_rows():
+        print(f"skipped feature {feature}: {reason}")

@@ -1,0 +1,36 @@
+"""Fixtures of the reliability suite: a tiny model folder and SAE file on disk, and a forkserver
+for relabel processes that can be SIGKILLed (helpers live in rel_common.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rel_common import D_MODEL, D_SAE, write_raw_sae
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_lm) -> str:
+    """The session's tiny Llama saved as a transformers folder (model + tokenizer)."""
+    path = tmp_path_factory.mktemp("rel_model")
+    tiny_lm.model.save_pretrained(path)
+    tiny_lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def sae_file(tmp_path_factory) -> str:
+    decoder = torch.randn(D_SAE, D_MODEL, generator=torch.Generator().manual_seed(0))
+    return str(write_raw_sae(tmp_path_factory.mktemp("rel_sae") / "tiny_sae.safetensors", decoder))
+
+
+@pytest.fixture(scope="session")
+def procs(prefect_server):
+    """A forkserver for `selfexplain relabel` processes, talking to the session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    import relabel_proc
+
+    with relabel_proc.forkserver({"PREFECT_API_URL": PREFECT_API_URL.value(),
+                                  "OMP_NUM_THREADS": "1"}) as ctx:
+        yield ctx

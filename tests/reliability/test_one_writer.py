@@ -1,0 +1,137 @@
+"""One writer: a second relabel against a warehouse in use fails at once with a one-line message
+naming the PID, the first finishes with its rows intact; `selfexplain sql` during a write reads the
+published snapshot with a note, or says clearly that the file is busy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import relabel_proc
+from rel_common import all_rows, assert_same_rows, contents, one_error_line, relabel_args
+from selfexplain.cli import main
+from selfexplain.errors import WarehouseError
+from selfexplain.runlock import lock_path, writer_lock
+from selfexplain.warehouse import Warehouse, WarehouseInUse, snapshot_path
+
+HOLD = textwrap.dedent("""
+    import sys
+    from selfexplain.warehouse import Warehouse
+    wh = Warehouse(sys.argv[1])
+    wh.con.execute("BEGIN TRANSACTION")
+    wh.execute("DELETE FROM reference_label")  # a write in progress, never committed
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def wait_for_lock(path, pid: int, timeout: float = 60.0) -> None:
+    """Until process `pid` holds the run lock of `path` (its PID is in the lock file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lock_path(path).is_file() and lock_path(path).read_text().strip() == str(pid):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"PID {pid} never took the lock of {path}")
+
+
+def test_second_relabel_fails_with_the_pid_and_the_first_finishes_intact(
+        procs, prefect_server, model_dir, sae_file, tmp_path, capsys):
+    warehouse = tmp_path / "w.duckdb"
+    argv = relabel_args(model_dir, sae_file, warehouse, "0-5")
+    first = relabel_proc.start(procs, argv, tmp_path / "log-first")
+    try:
+        wait_for_lock(warehouse, first.pid)
+        # The CLI: refused before anything starts, one line naming the running PID.
+        assert main(argv) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert line == (f"error: warehouse {warehouse} is in use by PID {first.pid} (a relabel "
+                        "run): wait for it to finish, or pass another --warehouse path")
+        # The flow itself (a deployment run, no CLI in front): the same refusal.
+        from flows.relabel import relabel
+        from selfexplain.commands.relabel import build_request
+        from selfexplain.cli import build_parser
+
+        request = build_request(build_parser().parse_args(argv))
+        with pytest.raises(WarehouseInUse, match=f"in use by PID {first.pid}"):
+            relabel(request)
+    finally:
+        first.join(180)
+    assert first.exitcode == 0, (tmp_path / "log-first").read_text()
+
+    # The first run's rows are whole: the same as a run that was never disturbed.
+    alone = tmp_path / "alone.duckdb"
+    assert main(relabel_args(model_dir, sae_file, alone, "0-5")) == 0
+    assert_same_rows(contents(warehouse), contents(alone))
+    with Warehouse(warehouse) as wh:
+        assert wh.query("SELECT status FROM run")["status"].to_list() == ["completed"]
+
+
+def test_the_lock_is_released_on_exit_and_reentrant(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with writer_lock(path):
+        with writer_lock(path):  # the CLI holds it, the flow takes it again in the same process
+            pass
+        probe = subprocess.run(
+            [sys.executable, "-c", "import sys; from selfexplain.runlock import writer_lock\n"
+             "with writer_lock(sys.argv[1]): pass", str(path)],
+            capture_output=True, text=True)
+        assert probe.returncode != 0 and f"in use by PID {__import__('os').getpid()}" in probe.stderr
+    with writer_lock(path):  # released
+        pass
+
+
+@pytest.fixture
+def held(tmp_path):
+    """A warehouse whose DuckDB file another process holds in the middle of a write."""
+    path = tmp_path / "w.duckdb"
+    with Warehouse(path) as wh:
+        wh.execute("INSERT INTO reference_label VALUES ('np', 'r', 's', 0, 'cats', NULL, NULL, "
+                   "NULL, NULL, now())")
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    yield path, proc
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def test_sql_during_a_write_says_the_file_is_busy(held, capsys):
+    path, proc = held
+    assert main(["sql", "SELECT count(*) AS n FROM reference_label", "--warehouse",
+                 str(path)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"is in use by PID {proc.pid}" in line and "snapshot" in line
+
+
+def test_sql_during_a_write_reads_the_snapshot(held, capsys):
+    path, proc = held
+    proc.stdin.close()
+    proc.wait(timeout=30)  # publish a snapshot, then hold the file again
+    with Warehouse(path) as wh:
+        wh.publish_snapshot()
+    again = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert again.stdout.readline().strip() == "ready"
+        assert main(["sql", "SELECT description FROM reference_label", "--warehouse", str(path),
+                     "--format", "csv"]) == 0
+        out, err = capsys.readouterr()
+        assert out.splitlines() == ["description", "cats"]  # the committed rows
+        assert f"in use by PID {again.pid}" in err and "reading the snapshot" in err
+    finally:
+        again.stdin.close()
+        again.wait(timeout=30)
+    # The interrupted write never landed.
+    assert all_rows(path)["reference_label"]["description"].to_list() == ["cats"]
+    assert snapshot_path(path).is_file()
+
+
+def test_a_second_writer_of_the_duckdb_file_gets_the_pid(held):
+    path, proc = held
+    with pytest.raises(WarehouseError, match=f"in use by PID {proc.pid}"):
+        Warehouse(path)
