@@ -71,7 +71,7 @@ class RelabelRequest(BaseModel):
             self.preset,
             **{
                 **self.overrides,
-                "metric_scales": parse_scales(self.scales) if self.scales else None,
+                "metric_scales": parse_scales(self.scales) if self.scales is not None else None,
                 "samples_per_scale": self.samples,
                 "seed": self.seed,
             },

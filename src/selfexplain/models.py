@@ -129,6 +129,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
         return LoadedModel(model, tokenizer, str(path), f"gguf-{sha256_of(path)[:12]}")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is a folder without config.json: not a transformers model")
+    if not path.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+        raise ModelLoadError(
+            f"model folder {path} does not exist: give a transformers folder, a .gguf file, a "
+            "hub id, or `default`"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).to(device).eval()
@@ -136,6 +141,12 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"cannot load model {spec!r}: {first} (offline? give a local folder or a .gguf file)"
+        ) from None
+    except Exception as err:  # a truncated or corrupt weights/tokenizer file: many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: {type(err).__name__}: {first[:160]}; its files are "
+            "corrupt or incomplete: copy or download the model again"
         ) from None
     revision = getattr(model.config, "_commit_hash", None) or "local"
     return LoadedModel(model, tokenizer, spec, str(revision))
@@ -150,7 +161,9 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: str | torch.device):
             str(path.parent), gguf_file=path.name, dtype=dtype
         )
     except Exception as err:  # the GGUF reader raises many types on truncated/corrupt files
+        first = " ".join(str(err).split())[:160]
         raise ModelLoadError(
-            f"cannot read GGUF file {path}: {type(err).__name__}: {str(err)[:160]}"
+            f"cannot read GGUF file {path}: {type(err).__name__}: {first}; the file is corrupt or "
+            "truncated: download it again"
         ) from None
     return model.to(device).eval(), tokenizer

@@ -55,7 +55,7 @@ class SaeDirections:
         if self.resid_layer is not None and self.resid_layer > n_layers:
             raise SaeLoadError(
                 f"SAE {self.release}/{self.sae_id} hooks {self.hook_name}, beyond the model's "
-                f"{n_layers} blocks"
+                f"{n_layers} blocks: pick the SAE trained on this model"
             )
 
     def unit_directions(self, features: list[int]) -> tuple[Tensor, list[int], dict[int, str]]:
@@ -93,25 +93,35 @@ def check_features(features: list[int], d_sae: int) -> None:
         raise InputError("the feature list repeats an index: give each feature once")
 
 
+MAX_FEATURES = 10_000_000
+
+
 def parse_features(text: str) -> list[int]:
     """Parse `0-7`, `12,40`, `0-3,10` into a sorted list of distinct indices."""
     out: list[int] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        match = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", part)
+        match = re.fullmatch(r"([0-9]+)\s*(?:-\s*([0-9]+))?", part)
         if match is None:
             raise InputError(f"feature list {text!r}: {part!r} is not an index or a range like 0-7")
         start = int(match.group(1))
         stop = int(match.group(2)) if match.group(2) is not None else start
         if stop < start:
             raise InputError(f"feature range {part!r} is reversed: write {stop}-{start}")
-        if stop - start >= 10_000_000:
-            raise InputError(f"feature range {part!r} is too large")
+        if stop - start + len(out) >= MAX_FEATURES:
+            raise InputError(f"feature list {text[:40]!r} is too large: at most {MAX_FEATURES:,} "
+                             "features (use --all-features for a whole SAE)")
         out.extend(range(start, stop + 1))
     if not out:
         raise InputError("the feature list is empty: give e.g. --features 0-7")
-    return sorted(set(out))
+    unique = sorted(set(out))
+    if len(unique) != len(out):
+        seen: set[int] = set()
+        twice = next(f for f in out if f in seen or seen.add(f))
+        raise InputError(f"feature list {text[:40]!r} names feature {twice} twice: give each "
+                         "feature once")
+    return unique
 
 
 def resid_layer_of(hook_name: str | None) -> int | None:
@@ -192,10 +202,19 @@ def load_sae_folder(path: Path, release: str | None = None) -> SaeDirections:
     try:
         sae = SAE.load_from_disk(str(path), device="cpu")
     except Exception as err:
+        first = " ".join(str(err).split())[:160]
         raise SaeLoadError(
-            f"cannot load SAE folder {path}: {type(err).__name__}: {str(err)[:160]}"
+            f"cannot load SAE folder {path}: {type(err).__name__}: {first}; its cfg.json or "
+            "weights are corrupt, truncated or do not match: copy or export the SAE again"
         ) from None
-    return _from_sae_lens(sae, release or f"local:{path.name}", path.name)
+    return _checked(_from_sae_lens(sae, release or f"local:{path.name}", path.name), path)
+
+
+def _checked(sae: SaeDirections, where: Path | str) -> SaeDirections:
+    if sae.d_sae == 0 or sae.d_model == 0:
+        raise SaeLoadError(f"the SAE in {where} has an empty decoder {tuple(sae.decoder.shape)}: "
+                           "it has no features to label; check the file")
+    return sae
 
 
 def _from_sae_lens(sae: object, release: str, sae_id: str) -> SaeDirections:
@@ -226,13 +245,15 @@ def load_raw_safetensors(path: Path) -> SaeDirections:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise SaeLoadError(f"cannot read {path}: {err}; the file is corrupt or truncated") from None
+        raise SaeLoadError(f"cannot read {path}: {err}; the file is corrupt or truncated: copy or "
+                           "export it again") from None
     if "W_dec" not in tensors:
         raise SaeLoadError(f"{path} has no tensor named W_dec (found: {sorted(tensors)[:5]})")
     decoder = tensors["W_dec"].float()
     if decoder.ndim != 2:
-        raise SaeLoadError(f"W_dec in {path} has shape {tuple(decoder.shape)}; expected 2-D")
-    return SaeDirections(
+        raise SaeLoadError(f"W_dec in {path} has shape {tuple(decoder.shape)}; expected 2-D "
+                           "(d_sae, d_model)")
+    return _checked(SaeDirections(
         release=f"file:{path.stem}",
         sae_id=path.name,
         decoder=decoder,
@@ -240,4 +261,4 @@ def load_raw_safetensors(path: Path) -> SaeDirections:
         hook_name=None,
         resid_layer=None,
         model_id=None,
-    )
+    ), path)

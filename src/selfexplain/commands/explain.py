@@ -48,7 +48,7 @@ def config_from_args(args: argparse.Namespace):
 
     return ExplainConfig.from_preset(
         args.preset,
-        metric_scales=parse_scales(args.scales) if args.scales else None,
+        metric_scales=parse_scales(args.scales) if args.scales is not None else None,
         scale_unit=args.scale_unit,
         samples_per_scale=args.samples,
         selection=args.selection,

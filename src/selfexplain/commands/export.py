@@ -74,9 +74,18 @@ def run(args: argparse.Namespace) -> int:
             return 0
         labels = labels_frame(wh, args.release, args.sae_id, args.include_failed)
     out = Path(args.out or f"labels.{args.format}")
-    if args.format == "parquet":
-        labels.drop("neuronpedia_id").write_parquet(out)
-    else:
-        neuronpedia_rows(labels).write_ndjson(out)
+    partial = out.with_name(out.name + ".partial")
+    try:  # written beside, then renamed: a full disk never leaves half a file under the name
+        if args.format == "parquet":
+            labels.drop("neuronpedia_id").write_parquet(partial)
+        else:
+            neuronpedia_rows(labels).write_ndjson(partial)
+        partial.replace(out)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        from selfexplain.errors import InputError
+
+        raise InputError(f"cannot write {out}: {err.strerror or err}; free some disk space or "
+                         "give another --out path") from None
     print(f"wrote {labels.height} labels to {out}")
     return 0

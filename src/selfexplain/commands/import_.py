@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 
@@ -26,24 +27,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def reference_frame(path: Path, source: str, release: str, sae_id: str):
-    import polars as pl
+    """Reference labels from a Neuronpedia-like JSONL file, checked line by line: every problem is
+    one InputError naming the line (lines without a description are left out)."""
+    import json
 
     from selfexplain.errors import InputError
     from selfexplain.warehouse import frame, utc_now
 
     try:
-        raw = pl.read_ndjson(path)
-    except Exception as err:  # polars raises several types on malformed input
-        raise InputError(f"cannot read {path} as JSONL: {str(err).splitlines()[0]}") from None
-    missing = [c for c in ("index", "description") if c not in raw.columns]
-    if missing:
-        raise InputError(f"{path} lacks field(s) {missing}: each line needs index and description")
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise InputError(f"cannot read {path}: {reason}; give a UTF-8 JSONL file") from None
     now = utc_now()
-    rows = [dict(source=source, release=release, sae_id=sae_id, feature=int(r["index"]),
-                 description=r["description"], model_id=r.get("modelId"),
-                 layer=r.get("layer"), explanation_model=r.get("explanationModelName"),
-                 source_file=str(path), imported_at=now)
-            for r in raw.iter_rows(named=True) if r.get("description")]
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            item = json.loads(line)
+        except ValueError as err:
+            raise InputError(f"{where} is not JSON ({str(err)[:80]}): give one JSON object per "
+                             "line") from None
+        if not isinstance(item, dict):
+            raise InputError(f"{where} is a JSON {type(item).__name__}, not an object with index "
+                             "and description")
+        missing = [c for c in ("index", "description") if c not in item]
+        if missing:
+            raise InputError(f"{where} lacks field(s) {missing}: each line needs index and "
+                             "description")
+        index = item["index"]
+        if isinstance(index, str) and re.fullmatch(r"\s*[0-9]+\s*", index):
+            index = int(index)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**31:
+            raise InputError(f"{where}: index {str(index)[:40]!r} is not a feature number "
+                             "(0, 1, 2, ...)")
+        if not item["description"]:
+            continue
+        fields = {name: item.get(key) for name, key in (
+            ("description", "description"), ("model_id", "modelId"), ("layer", "layer"),
+            ("explanation_model", "explanationModelName"))}
+        for name, value in fields.items():
+            if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
+                raise InputError(f"{where}: {name} is a JSON {type(value).__name__}, not text")
+            fields[name] = None if value is None else str(value)
+        rows.append(dict(source=source, release=release, sae_id=sae_id, feature=index,
+                         source_file=str(path), imported_at=now, **fields))
+    if not rows:
+        raise InputError(f"{path} holds no labels: each line needs an index and a description")
     return frame("reference_label", rows)
 
 
@@ -58,15 +90,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"merged {summary['folders']} Parquet folders ({summary['rows']} rows) into "
               f"{args.warehouse}")
         return 0
+    rows = None
+    if args.backup:
+        from selfexplain.warehouse import read_manifest
+
+        read_manifest(Path(args.backup))  # not a backup: say so before touching the warehouse
+    if args.reference:  # checked before the warehouse is opened: bad input leaves it untouched
+        if not (args.release and args.sae_id):
+            raise InputError("--reference needs --release and --sae-id (the SAE the labels are for)")
+        rows = reference_frame(Path(args.reference), args.source, args.release, args.sae_id)
     with Warehouse(args.warehouse, wait_s=5) as wh:
         if args.backup:
             counts = restore(wh, Path(args.backup))
             print(f"restored {sum(counts.values())} rows in {len(counts)} tables into "
                   f"{args.warehouse}")
             return 0
-        if not (args.release and args.sae_id):
-            raise InputError("--reference needs --release and --sae-id (the SAE the labels are for)")
-        rows = reference_frame(Path(args.reference), args.source, args.release, args.sae_id)
         wh.write({"reference_label": rows})
     print(f"imported {rows.height} reference labels for {args.release}/{args.sae_id}")
     return 0

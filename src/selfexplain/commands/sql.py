@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 ALLOWED = {"SELECT", "EXPLAIN"}
@@ -38,12 +39,29 @@ def check_read_only(query: str) -> None:
         raise WarehouseError(f"cannot parse the query: {first}") from None
     if len(statements) != 1:
         raise WarehouseError(f"give exactly one statement (got {len(statements)})")
-    kind = statements[0].type.name
+    kind = _kind(statements[0])
     if kind not in ALLOWED:
         raise WarehouseError(
             f"selfexplain sql is read-only: {kind} statements are refused; write through "
             "`selfexplain relabel` / `selfexplain import`"
         )
+
+
+def _kind(statement) -> str:
+    """The statement's type; for EXPLAIN [ANALYZE] that of the statement it explains (EXPLAIN
+    ANALYZE runs it: `EXPLAIN ANALYZE COPY ... TO` would write a file)."""
+    import duckdb
+
+    kind = statement.type.name
+    if kind != "EXPLAIN":
+        return kind
+    inner = re.sub(r"^\s*EXPLAIN\s*(\([^)]*\)\s*)?(ANALY[SZ]E\s+)?", "", statement.query,
+                   flags=re.IGNORECASE)
+    try:
+        parsed = duckdb.connect(":memory:").extract_statements(inner)
+    except duckdb.Error:
+        return "unreadable EXPLAIN"
+    return _kind(parsed[0]) if len(parsed) == 1 else "unreadable EXPLAIN"
 
 
 def run(args: argparse.Namespace) -> int:
