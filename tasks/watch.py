@@ -17,12 +17,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel, ConfigDict, Field
 
+from selfexplain.errors import InputError
 from selfexplain.models import DEFAULT_MODEL_ID
 from selfexplain.warehouse import Warehouse, frame, utc_now
 from tasks.retry import retry_transient
 from tasks.store import _WRITER
 
 EVENT_ADDED = "selfexplain.sae.added"
+FIX_FOLDER = "fix or remove the folder"
 EVENT_REMOVED = "selfexplain.sae.removed"
 
 
@@ -83,6 +85,46 @@ def installed_registry_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "pretrained_saes.yaml"
 
 
+def _text(value: object, where: str, field: str, required: bool = False,
+          remedy: str = "fix that entry") -> str | None:
+    """A registry/cfg field that must be text (or absent): anything else is one InputError."""
+    if value is None and not required:
+        return None
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # YAML reads `path: 0` as a number
+    raise InputError(f"{where}: field {field!r} is {str(value)[:60]!r}, expected text; {remedy}")
+
+
+def registry_entries(data: object, source: str) -> list[SaeEntry]:
+    """The SAEs of a registry in sae-lens's YAML shape, every field checked: a malformed entry
+    stops the watch with one line naming it (skipping it would record its SAEs as removed)."""
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"registry {source} is empty or not a mapping of releases: give a "
+                         "registry in sae-lens's pretrained_saes.yaml format")
+    entries = []
+    for release, spec in data.items():
+        where = f"registry {source}, release {release!r}"
+        if not isinstance(release, str) or not release.strip():
+            raise InputError(f"{where}: the release name must be a string; fix that entry")
+        if not isinstance(spec, dict) or not isinstance(spec.get("saes"), list):
+            raise InputError(f"{where}: expected a mapping with a `saes` list; fix that entry")
+        model_id = _text(spec.get("model"), where, "model")
+        repo_id = _text(spec.get("repo_id"), where, "repo_id")
+        for i, sae in enumerate(spec["saes"]):
+            at = f"{where}, SAE #{i}"
+            if not isinstance(sae, dict):
+                raise InputError(f"{at}: expected a mapping with an `id`; fix that entry")
+            sae_id = _text(sae.get("id"), at, "id", required=True)
+            entries.append(SaeEntry(
+                release=release, sae_id=sae_id, source="registry", model_id=model_id,
+                spec=f"{release}/{sae_id}", path=_text(sae.get("path"), at, "path"),
+                repo_id=repo_id, neuronpedia_id=_text(sae.get("neuronpedia"), at, "neuronpedia"),
+            ))
+    return entries
+
+
 @task(name="read-registry", cache_policy=NO_CACHE, persist_result=False)
 def read_registry(path: str | None = None) -> tuple[list[SaeEntry], str]:
     """Every SAE of the registry YAML (the installed sae-lens one by default) and its version."""
@@ -90,15 +132,16 @@ def read_registry(path: str | None = None) -> tuple[list[SaeEntry], str]:
 
     source = Path(path) if path else installed_registry_path()
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    data = yaml.load(source.read_text(), Loader=loader) or {}
-    entries = []
-    for release, spec in data.items():
-        for sae in spec.get("saes", []):
-            entries.append(SaeEntry(
-                release=release, sae_id=sae["id"], source="registry", model_id=spec.get("model"),
-                spec=f"{release}/{sae['id']}", path=sae.get("path"),
-                repo_id=spec.get("repo_id"), neuronpedia_id=sae.get("neuronpedia"),
-            ))
+    try:
+        data = yaml.load(source.read_text(), Loader=loader)
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise InputError(f"cannot read registry {source}: {reason}; give an existing registry "
+                         "YAML") from None
+    except yaml.YAMLError as err:
+        first = " ".join(str(err).split())[:120]
+        raise InputError(f"registry {source} is not valid YAML ({first}): fix the file") from None
+    entries = registry_entries(data, str(source))
     version = f"file:{source.name}" if path else importlib.metadata.version("sae-lens")
     return entries, version
 
@@ -108,6 +151,8 @@ def scan_inbox(inbox: str) -> list[SaeEntry] | None:
     """sae-lens folders (`<inbox>/<name>/cfg.json`); None when the inbox folder does not exist.
 
     Keys mirror `selfexplain.saes.load_sae_folder`: release `local:<name>`, sae id `<name>`.
+    A folder still being copied (no weights yet, cfg.json not parseable) is left for a later
+    tick; a complete one whose cfg.json has malformed fields stops the watch with one line.
     """
     root = Path(inbox)
     if not root.is_dir():
@@ -123,12 +168,23 @@ def scan_inbox(inbox: str) -> list[SaeEntry] | None:
             continue  # half-copied or corrupt: picked up on a later tick once complete
         if not (folder / "sae_weights.safetensors").is_file():
             continue
-        meta = cfg.get("metadata") or {}
+        where = f"inbox SAE {folder} (cfg.json)"
+        meta = cfg.get("metadata") if isinstance(cfg, dict) else None
+        if not isinstance(cfg, dict) or not isinstance(meta, (dict, type(None))):
+            raise InputError(f"{where}: expected an object with a `metadata` object; {FIX_FOLDER}")
+        meta = meta or {}
+        d_sae = cfg.get("d_sae")
+        if d_sae is not None and (isinstance(d_sae, bool) or not isinstance(d_sae, int)
+                                  or d_sae <= 0):
+            raise InputError(f"{where}: d_sae is {d_sae!r}, expected a positive integer; {FIX_FOLDER}")
         entries.append(SaeEntry(
             release=f"local:{folder.name}", sae_id=folder.name, source="inbox",
-            model_id=meta.get("model_name") or cfg.get("model_name"),
-            spec=str(folder.resolve()), hook_name=meta.get("hook_name") or cfg.get("hook_name"),
-            d_sae=cfg.get("d_sae"), path=str(folder.resolve()),
+            model_id=_text(meta.get("model_name") or cfg.get("model_name"), where, "model_name",
+                           remedy=FIX_FOLDER),
+            spec=str(folder.resolve()),
+            hook_name=_text(meta.get("hook_name") or cfg.get("hook_name"), where, "hook_name",
+                            remedy=FIX_FOLDER),
+            d_sae=d_sae, path=str(folder.resolve()),
         ))
     return entries
 

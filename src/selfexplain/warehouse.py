@@ -71,14 +71,14 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def io_hint(text: str, path: str, default: str = "check the path, or pass another --warehouse path"
-            ) -> str:
-    """What to do about a failure on the warehouse file, from the error's text."""
+def io_hint(text: str, path: str, default: str = "check the path, or pass another --warehouse path",
+            option: str = "--warehouse") -> str:
+    """What to do about a failure on a file of ours (`option` names its flag), from the error."""
     lowered = text.lower()
     if "no space left" in lowered or "disk quota" in lowered:
-        return "free some disk space, then run again (stored shards are kept)"
+        return "free some disk space, then run again"
     if "read-only file system" in lowered or "permission denied" in lowered:
-        return f"make {Path(path).parent} writable, or pass another --warehouse path"
+        return f"make {Path(path).parent} writable, or pass another {option} path"
     if ("not a valid duckdb" in lowered or "corrupt" in lowered or "checksum" in lowered
             or "could not read" in lowered or "not a duckdb" in lowered):
         return ("the file is damaged or not a warehouse: restore a backup (selfexplain import "
@@ -568,8 +568,8 @@ def backup(wh: Warehouse, folder: Path) -> dict[str, object]:
     except OSError as err:
         shutil.rmtree(partial, ignore_errors=True)
         message = err.strerror or _first_line(err)
-        raise WarehouseError(f"cannot write the backup {folder}: {message}; "
-                             f"{io_hint(message, str(folder), 'give another folder')}") from None
+        hint = io_hint(message, str(folder), "give another folder", "--backup")
+        raise WarehouseError(f"cannot write the backup {folder}: {message}; {hint}") from None
     return manifest
 
 

@@ -84,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         partial.unlink(missing_ok=True)
         from selfexplain.errors import InputError
+        from selfexplain.warehouse import io_hint
 
-        raise InputError(f"cannot write {out}: {err.strerror or err}; free some disk space or "
-                         "give another --out path") from None
+        reason = err.strerror or str(err)
+        hint = io_hint(reason, str(out), "give another --out path", "--out")
+        raise InputError(f"cannot write {out}: {reason}; {hint}") from None
     print(f"wrote {labels.height} labels to {out}")
     return 0
