@@ -3,10 +3,13 @@ for relabel processes that can be SIGKILLed (helpers live in rel_common.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from rel_common import D_MODEL, D_SAE, write_raw_sae
+from rel_common import D_MODEL, D_SAE, relabel_args, write_raw_sae
+from selfexplain.cli import main
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +37,12 @@ def procs(prefect_server):
     with relabel_proc.forkserver({"PREFECT_API_URL": PREFECT_API_URL.value(),
                                   "OMP_NUM_THREADS": "1"}) as ctx:
         yield ctx
+
+
+@pytest.fixture(scope="session")
+def clean(prefect_server, model_dir, sae_file, tmp_path_factory) -> Path:
+    """An undisturbed in-process run of features 0-5 (shards of 3). Tests copy it, never write it:
+    a filled warehouse to keep unchanged, or the rows a disturbed run must end with."""
+    path = tmp_path_factory.mktemp("clean") / "w.duckdb"
+    assert main(relabel_args(model_dir, sae_file, path, "0-5")) == 0
+    return path

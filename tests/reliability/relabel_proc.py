@@ -21,16 +21,20 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-import transformers.models.auto.tokenization_auto  # noqa: F401  (preloaded for the children)
-import transformers.models.llama.modeling_llama  # noqa: F401
+import matplotlib
 
-import flows.relabel  # noqa: F401
-import selfexplain.cli
-import selfexplain.commands.relabel  # noqa: F401
-import selfexplain.explain  # noqa: F401
-import tasks.explain  # noqa: F401
-from selfexplain.warehouse import Warehouse
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402,F401  (preloaded for the children: the sweep plot)
+import torch  # noqa: E402
+import transformers.models.auto.tokenization_auto  # noqa: E402,F401
+import transformers.models.llama.modeling_llama  # noqa: E402,F401
+
+import flows.relabel  # noqa: E402,F401
+import selfexplain.cli  # noqa: E402
+import selfexplain.commands.relabel  # noqa: E402,F401
+import selfexplain.explain  # noqa: E402,F401
+import tasks.explain  # noqa: E402,F401
+from selfexplain.warehouse import Warehouse  # noqa: E402
 
 CONTEXT = multiprocessing.get_context("forkserver")
 

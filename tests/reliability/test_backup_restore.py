@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rel_common import relabel_args
 from selfexplain.cli import main
 from selfexplain.errors import WarehouseError
 from selfexplain.warehouse import MEMORY, Warehouse, backup, default_sql_dir, frame, restore
@@ -28,11 +27,11 @@ def every_table(path) -> dict[str, pl.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def full(prefect_server, model_dir, sae_file, tmp_path_factory):
+def full(clean, tmp_path_factory):
     """A warehouse with rows in every table: a real relabel run plus hand-written rows for the
     tables relabel does not fill (references, evaluations, registry, statistics)."""
     path = tmp_path_factory.mktemp("full") / "w.duckdb"
-    assert main(relabel_args(model_dir, sae_file, path, "0-5")) == 0
+    shutil.copyfile(clean, path)
     with Warehouse(path) as wh:
         wh.write(sample_rows(make_results))
     tables = every_table(path)

@@ -20,12 +20,10 @@ from selfexplain.cli import main
 from tests.conftest import write_sae_folder
 
 
-@pytest.fixture(scope="module")
-def filled(prefect_server, model_dir, sae_file, tmp_path_factory) -> Path:
-    """A warehouse holding one real run (features 0-3); tests work on copies of it."""
-    path = tmp_path_factory.mktemp("filled") / "w.duckdb"
-    assert main(relabel_args(model_dir, sae_file, path, "0-3", 4)) == 0
-    return path
+@pytest.fixture(scope="session")
+def filled(clean) -> Path:
+    """A warehouse holding one real run; tests work on copies of it."""
+    return clean
 
 
 @pytest.fixture

@@ -57,14 +57,6 @@ def full_disk(monkeypatch, warehouse: Path, only_labels: bool = False) -> None:
     monkeypatch.setattr(duckdb, "connect", connect)
 
 
-@pytest.fixture(scope="module")
-def clean(prefect_server, model_dir, sae_file, tmp_path_factory) -> Path:
-    """An undisturbed run of the request the fault tests use."""
-    path = tmp_path_factory.mktemp("clean") / "w.duckdb"
-    assert main(relabel_args(model_dir, sae_file, path, "0-5")) == 0
-    return path
-
-
 def test_full_disk_when_opening_the_warehouse(clean, model_dir, sae_file, tmp_path, monkeypatch,
                                               capsys):
     warehouse = tmp_path / "w.duckdb"
