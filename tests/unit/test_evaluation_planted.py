@@ -70,6 +70,7 @@ def test_matcher_phrases_and_helpers() -> None:
     assert same_token(' "Dog". ', "dog") and not same_token("dogs", "dog")
     assert "tiring" in target_forms("tired", "adj")  # an inflected target accepts its base's forms
     assert not names("", "dog")
+    assert names("the year 1998", "1998") and names("2, 4, two", "2")
 
 
 def test_wilson_interval() -> None:

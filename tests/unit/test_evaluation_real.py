@@ -70,6 +70,10 @@ def test_score_real_rows_and_summary() -> None:
     assert by[1]["recovered_exact"] is None  # not a single-token feature
     assert by[2]["recovered_exact"] is False  # no token offered counts as not recovered
     assert by[0]["sim_own"] > by[0]["sim_other"]
+    punct = real.score_real("m", [0], ["comma"], [","], stats.with_columns(
+        pl.lit([","]).alias("top_tokens")), bag_of_words)
+    assert punct["label_names_token"][0] is None  # a label cannot "name" punctuation
+    assert punct["recovered_exact"][0] is True
     assert by[0]["labels"] == ["a dog, a pet", "x"]
     assert {by[f]["other_feature"] for f in by} <= {0, 1, 2} and all(
         by[f]["other_feature"] != f for f in by)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _VOWELS = set("aeiou")
 
 # Irregular inflection groups: every form in a group shares the first entry as its base.
@@ -216,4 +216,5 @@ def names_any(text: str, answers: Iterable[str], pos: str | None = None) -> str 
 
 def same_token(text: str, word: str) -> bool:
     """Exact token recovery: the answer is the word itself (case, quotes and spaces ignored)."""
-    return text.strip().strip("\"'`.,!?").strip().lower() == word.strip().lower()
+    text, word = text.strip().lower(), word.strip().lower()
+    return text == word or (bool(word) and text.strip("\"'`.,!?").strip() == word)

@@ -3,7 +3,8 @@
 - Token recovery (single-token features only, `single_token` in the feature stats): does the
   method's literal answer equal the token the feature fires on most (`top_tokens[0]`)? For
   self-explanation that is the repeat prompt's recovered token; for a token baseline, its top token.
-  (Max-activating tokens define the ground truth, so they are not scored on it.)
+  (Max-activating tokens define the ground truth, so they are not scored on it.) Beside it,
+  `label_names_token`: does the label name that token (only for tokens with a letter or digit).
 - Embedding AUROC: all-MiniLM-L6-v2 similarity between a method's label and the feature's top
   activating contexts, against the same label on a random other feature's contexts (a seeded
   derangement). AUROC = P(own contexts score higher); 0.5 is chance.
@@ -158,7 +159,8 @@ def score_real(method: str, features: Sequence[int], labels: Sequence[str | None
             labels=list(top_labels[i]) if top_labels is not None else ([label] if label else []),
             recovered_exact=(None if recovered is None or not single or top is None
                              else token is not None and same_token(token, top)),
-            label_names_token=(None if not single or top is None or not top.strip() or not label
+            label_names_token=(None if not single or top is None or not label
+                               or not any(ch.isalnum() for ch in top)
                                else names(label, top.strip())),
             sim_own=own, sim_other=other, other_feature=other_of.get(f),
             failed=None if failed is None else failed[i],
