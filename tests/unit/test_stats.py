@@ -217,11 +217,18 @@ def test_show_label_from_warehouse(tmp_path, tokenizer, capsys):
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE t (x INT)")
     con.close()
+    # a DuckDB file that is not a selfexplain warehouse is refused with one clear line
+    assert cli_main(["show", "--sae", str(folder), "--feature", "2", "--warehouse", str(path)]) == 2
+    assert "not a selfexplain warehouse" in capsys.readouterr().err
+    path.unlink()
+    from selfexplain.warehouse import Warehouse
+
+    Warehouse(str(path)).close()  # a real, empty warehouse
     assert cli_main(["show", "--sae", str(folder), "--feature", "2", "--warehouse", str(path)]) == 0
     assert "no label yet" in capsys.readouterr().out
     con = duckdb.connect(str(path))
     con.execute(
-        "CREATE VIEW v_feature_labels AS SELECT * FROM (VALUES "
+        "CREATE OR REPLACE VIEW v_feature_labels AS SELECT * FROM (VALUES "
         "('local:sae', 'sae', 2, 'the letter x', 'x', 40.0, 0.7, 0.2, false, TIMESTAMP '2024-01-01'),"
         "('local:sae', 'sae', 3, 'other', NULL, 1.0, 0.1, 0.0, true, TIMESTAMP '2024-01-01')) "
         "AS t(release, sae_id, feature, label, recovered_token, scale, composite, max_selfsim, "
