@@ -13,6 +13,7 @@ from prefect import flow
 from prefect.deployments import run_deployment
 
 from flows.relabel import relabel
+from selfexplain.runlock import writer_lock
 from tasks.request import RelabelRequest, compact, split_shards
 from tasks.sae import load_sae_info
 from tasks.store import merge_folder, publish_snapshot
@@ -26,12 +27,14 @@ def shard_folders(out_dir: str) -> list[Path]:
 
 @flow(name="merge-shards", log_prints=True)
 def merge_shards(out_dir: str, warehouse: str) -> dict[str, int]:
-    """Upsert every Parquet folder under `out_dir` into the warehouse, one transaction each."""
+    """Upsert every Parquet folder under `out_dir` into the warehouse, one transaction each.
+    Holds the warehouse's run lock: a relabel run writing there meanwhile makes it fail at once."""
     folders = shard_folders(out_dir)
     rows = 0
-    for folder in folders:
-        rows += sum(merge_folder(warehouse, str(folder)).values())
-    publish_snapshot(warehouse)
+    with writer_lock(warehouse):
+        for folder in folders:
+            rows += sum(merge_folder(warehouse, str(folder)).values())
+        publish_snapshot(warehouse)
     print(f"merged {len(folders)} folders ({rows} rows) from {out_dir} into {warehouse}")
     return {"folders": len(folders), "rows": rows}
 

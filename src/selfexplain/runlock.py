@@ -1,4 +1,4 @@
-"""One relabel run per warehouse: a lock file next to it, held for the whole run.
+"""One writing run per warehouse (relabel, merge): a lock file next to it, held for the whole run.
 
 Each write opens the DuckDB file for a moment only (readers get in between), so DuckDB's own file
 lock cannot keep two runs apart: they would interleave, redo each other's shards and mark each
@@ -66,8 +66,8 @@ def writer_lock(path: str | Path, *, wait_s: float = 0.0) -> Iterator[None]:
                     pid = int(holder) if holder.isdigit() else None
                     who = f"PID {pid}" if pid is not None else "another process"
                     raise WarehouseInUse(
-                        f"warehouse {path} is in use by {who} (a relabel run): wait for it to "
-                        "finish, or pass another --warehouse path", pid) from None
+                        f"warehouse {path} is in use by {who} (a relabel or merge run): wait for "
+                        "it to finish, or pass another --warehouse path", pid) from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

@@ -50,7 +50,7 @@ def test_second_relabel_fails_with_the_pid_and_the_first_finishes_intact(
         assert main(argv) == 2
         line = one_error_line(capsys.readouterr().err)
         assert line == (f"error: warehouse {warehouse} is in use by PID {first.pid} (a relabel "
-                        "run): wait for it to finish, or pass another --warehouse path")
+                        "or merge run): wait for it to finish, or pass another --warehouse path")
         # The flow itself (a deployment run, no CLI in front): the same refusal.
         from flows.relabel import relabel
         from selfexplain.commands.relabel import build_request
@@ -81,6 +81,31 @@ def test_the_lock_is_released_on_exit_and_reentrant(tmp_path):
         assert probe.returncode != 0 and f"in use by PID {__import__('os').getpid()}" in probe.stderr
     with writer_lock(path):  # released
         pass
+
+
+LOCK = textwrap.dedent("""
+    import sys
+    from selfexplain.runlock import writer_lock
+    with writer_lock(sys.argv[1]):
+        print("ready", flush=True)
+        sys.stdin.readline()
+""")
+
+
+def test_merging_shards_while_a_run_writes_fails_at_once(prefect_server, tmp_path, capsys):
+    warehouse, shards = tmp_path / "w.duckdb", tmp_path / "shards"
+    shards.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", LOCK, str(warehouse)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert main(["import", "--shards", str(shards), "--warehouse", str(warehouse)]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"is in use by PID {proc.pid} (a relabel or merge run)" in line
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert not warehouse.exists()
 
 
 @pytest.fixture
