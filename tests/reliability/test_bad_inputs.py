@@ -14,8 +14,8 @@ import duckdb
 import pytest
 import torch
 
-from rel_common import (D_MODEL, D_SAE, ENGINE, all_rows, one_error_line, relabel_args, sha256,
-                        write_raw_sae)
+from rel_common import (D_MODEL, D_SAE, all_rows, assert_same_rows, one_error_line, relabel_args,
+                        sha256, write_raw_sae)
 from selfexplain.cli import main
 from tests.conftest import write_sae_folder
 
@@ -85,6 +85,10 @@ def relabel(model_dir, sae_file, warehouse, *flags, features="0-3", model=None, 
     return relabel_args(model or model_dir, sae or sae_file, warehouse, features, 4, *flags)
 
 
+OWNED = None
+"""No remedy asserted: the message comes from config.py / explain.py (another developer's files;
+their missing 'what to do' is reported in issue 8's closing note)."""
+
 # id, extra flags / overrides, what the line must say (problem), and what to do (remedy)
 CASES = [
     ("unknown model folder", dict(model="{root}/no-such-model"),
@@ -102,9 +106,9 @@ CASES = [
     ("SAE hook beyond the model", dict(sae="{deep}"),
      r"hooks blocks\.20\.hook_resid_post, beyond the model's 6 blocks", r"pick the SAE"),
     ("injection layer beyond the model", dict(flags=["--injection-layer", "9"]),
-     r"injection layer 9 is beyond the model's 6 blocks", r""),
+     r"injection layer 9 is beyond the model's 6 blocks", OWNED),
     ("probe before injection", dict(flags=["--injection-layer", "3", "--probe-layer", "2"]),
-     r"probe layer 2 must come after injection layer 3", r""),
+     r"probe layer 2 must come after injection layer 3", OWNED),
     ("empty feature list", dict(features=" , "), r"feature list is empty", r"give e\.g\."),
     ("reversed features", dict(features="9-2"), r"'9-2' is reversed", r"write 2-9"),
     ("features out of range", dict(features="10-20"),
@@ -119,11 +123,11 @@ CASES = [
      r"not strictly increasing", r"sort it and drop repeats"),
     ("scale grid repeats", dict(flags=["--scales", "0,1,1"]), r"not strictly increasing", r"sort"),
     ("negative scale", dict(flags=["--scales=-1,1"]), r"negative scale", r"use >= 0"),
-    ("NaN scale", dict(flags=["--scales", "0,nan"]), r"NaN or infinity", r""),
-    ("infinite scale", dict(flags=["--scales", "0,inf"]), r"NaN or infinity", r""),
+    ("NaN scale", dict(flags=["--scales", "0,nan"]), r"NaN or infinity", OWNED),
+    ("infinite scale", dict(flags=["--scales", "0,inf"]), r"NaN or infinity", OWNED),
     ("zero-count range", dict(flags=["--scales", "0:1:0"]), r"count must be between 1 and 10000",
-     r""),
-    ("one scale", dict(flags=["--scales", "1"]), r"at least 2 scales", r""),
+     OWNED),
+    ("one scale", dict(flags=["--scales", "1"]), r"at least 2 scales", OWNED),
     ("zero samples", dict(flags=["--samples", "0"]), r"invalid samples", r"greater than or equal"),
     ("zero shard size", dict(flags=["--shard-size", "0"]), r"invalid shard_size",
      r"greater than or equal"),
@@ -163,10 +167,8 @@ def test_relabel_bad_input(name, spec, problem, remedy, bad, model_dir, sae_file
     assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
     assert re.search(problem, line), line
-    assert re.search(remedy, line), line
-    assert all_rows(warehouse).keys() == before.keys()
-    for table, rows in all_rows(warehouse).items():
-        assert rows.equals(before[table]), f"{name} changed {table}"
+    assert remedy is OWNED or re.search(remedy, line), line
+    assert_same_rows(all_rows(warehouse), before)
 
 
 # -- damaged or foreign warehouse files: refused, their bytes untouched ----------------------------
@@ -287,8 +289,7 @@ def test_sql_refuses_writes(query, warehouse, tmp_path, capsys):
     assert ("is read-only" in line and "statements are refused" in line
             or "give exactly one statement" in line), line
     assert not out.exists() and not folder.exists()
-    after = all_rows(warehouse)
-    assert all(after[t].equals(before[t]) for t in before)
+    assert_same_rows(all_rows(warehouse), before)
 
 
 def test_sql_reads_are_allowed(warehouse, capsys):
@@ -308,7 +309,7 @@ REFERENCES = [
     ("negative index", '{"index": -4, "description": "x"}', r"index '-4' is not a feature",
      r"0, 1, 2"),
     ("description an object", '{"index": 1, "description": {"a": 1}}',
-     r"description is a JSON dict, not text", r""),
+     r"description is a JSON dict, not text", r"give it as a string"),
     ("empty file", "", r"holds no labels", r"each line needs an index and a description"),
 ]
 
@@ -322,7 +323,7 @@ def test_reference_import_bad_lines(name, text, problem, remedy, warehouse, tmp_
                  "--warehouse", str(warehouse)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert re.search(problem, line) and re.search(remedy, line), line
-    assert all(all_rows(warehouse)[t].equals(before[t]) for t in before)
+    assert_same_rows(all_rows(warehouse), before)
 
 
 @pytest.mark.parametrize("damage, problem", [
@@ -350,4 +351,4 @@ def test_restore_from_a_damaged_backup(damage, problem, warehouse, filled, tmp_p
     assert main(["import", "--backup", str(backup), "--warehouse", str(target)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert re.search(problem, line), line
-    assert all(all_rows(target)[t].equals(before[t]) for t in before)
+    assert_same_rows(all_rows(target), before)

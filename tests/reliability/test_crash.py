@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import relabel_proc
-from rel_common import VOLATILE, assert_same_rows, contents, relabel_args
+from rel_common import assert_same_rows, contents, relabel_args
 from selfexplain.warehouse import Warehouse, open_reader
 
 FEATURES = list(range(12))
@@ -84,18 +84,17 @@ def test_sigkill_at_random_moments_then_resume_gives_the_clean_rows(procs, basel
     kills = 0
     for attempt in range(RANDOM_KILLS):
         proc = relabel_proc.start(procs, argv, tmp_path / f"log-{attempt}")
-        proc.join(rng.uniform(0.2, 0.75) * clean_seconds)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(30)
-            kills += 1
-        else:
+        delay = rng.uniform(0.2, 0.75) * clean_seconds
+        proc.join(delay)
+        if not proc.is_alive():  # it finished first: nothing left to interrupt
             assert proc.exitcode == 0, (tmp_path / f"log-{attempt}").read_text()
-        history.append((f"kill {attempt}" if proc.exitcode == -9 else "finished",
-                        len(check_consistent(warehouse, expected)) if proc.exitcode == -9 else -1))
-        if proc.exitcode == 0:
+            history.append(("finished", len(FEATURES)))
             break
-    print("kills:", history, "clean run", round(clean_seconds, 1), "s")
+        proc.kill()
+        proc.join(30)
+        kills += 1
+        history.append((f"killed at {delay:.1f} s", len(check_consistent(warehouse, expected))))
+    print("features stored after each kill:", history, f"(clean run {clean_seconds:.1f} s)")
     assert kills >= 1, history
 
     final = relabel_proc.start(procs, argv, tmp_path / "log-final")
@@ -108,5 +107,6 @@ def test_sigkill_at_random_moments_then_resume_gives_the_clean_rows(procs, basel
         shards = wh.query("SELECT count(*) AS n FROM shard_done")["n"][0]
     statuses = dict(runs.iter_rows())
     assert shards == len(FEATURES) // SHARD
-    assert statuses.get("completed", 0) >= 1 and "running" not in statuses, statuses
-    assert set(VOLATILE) <= set(expected)
+    # Killed runs are marked interrupted by the next one (a run killed after its last shard leaves
+    # the final run nothing to do, and that one records no run row).
+    assert set(statuses) <= {"completed", "interrupted"}, statuses

@@ -65,7 +65,7 @@ def final_labels(batches, order) -> dict[str, pl.DataFrame]:
             for name in ("label", "label_current", "v_feature_labels")}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_repeated_and_reordered_batches_give_the_labels_of_each_once(history):
     batches, order = history

@@ -70,7 +70,8 @@ def reference_frame(path: Path, source: str, release: str, sae_id: str):
             ("explanation_model", "explanationModelName"))}
         for name, value in fields.items():
             if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
-                raise InputError(f"{where}: {name} is a JSON {type(value).__name__}, not text")
+                raise InputError(f"{where}: {name} is a JSON {type(value).__name__}, not text; "
+                                 "give it as a string")
             fields[name] = None if value is None else str(value)
         rows.append(dict(source=source, release=release, sae_id=sae_id, feature=index,
                          source_file=str(path), imported_at=now, **fields))
