@@ -35,6 +35,7 @@ def procs(prefect_server):
     import relabel_proc
 
     with relabel_proc.forkserver({"PREFECT_API_URL": PREFECT_API_URL.value(),
+                                  "PREFECT_LOGGING_LEVEL": "INFO",  # shard progress in the logs
                                   "OMP_NUM_THREADS": "1"}) as ctx:
         yield ctx
 

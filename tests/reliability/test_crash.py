@@ -5,6 +5,7 @@ uninterrupted run: no duplicates, no lost features, and no half-written shard ev
 from __future__ import annotations
 
 import random
+import re
 import time
 
 import polars as pl
@@ -20,17 +21,34 @@ RANDOM_KILLS = 3
 SEED = 8
 
 
+FLOW_STARTS = "starting Prefect"
+"""What the CLI prints once its checks are done and the flow begins (model loaded, engine built)."""
+SHARD_STORED = re.compile(r"shard 1/\d+ \(features")
+"""What the flow logs once its first shard is stored (the children log at INFO)."""
+
+
+def wait_for(proc, log, pattern, timeout: float = 120.0) -> float:
+    """Seconds until `proc` writes `pattern` to its log (or ends)."""
+    began = time.monotonic()
+    while proc.is_alive() and time.monotonic() - began < timeout:
+        if log.is_file() and re.search(pattern, log.read_text(errors="replace")):
+            break
+        time.sleep(0.02)
+    return time.monotonic() - began
+
+
 @pytest.fixture(scope="module")
 def baseline(procs, model_dir, sae_file, tmp_path_factory):
-    """An uninterrupted run of the request: its rows and how long it took."""
+    """An uninterrupted run of the request: its rows, and the seconds before and in its flow."""
     folder = tmp_path_factory.mktemp("baseline")
-    began = time.monotonic()
     proc = relabel_proc.start(procs, relabel_args(model_dir, sae_file, folder / "w.duckdb"),
                               folder / "log")
+    before_flow = wait_for(proc, folder / "log", FLOW_STARTS)
+    began = time.monotonic()
     proc.join(180)
-    seconds = time.monotonic() - began
+    in_flow = time.monotonic() - began
     assert proc.exitcode == 0, (folder / "log").read_text()
-    return contents(folder / "w.duckdb"), seconds
+    return contents(folder / "w.duckdb"), before_flow, in_flow
 
 
 def check_consistent(path, expected: dict[str, pl.DataFrame]) -> set[int]:
@@ -65,7 +83,7 @@ def check_consistent(path, expected: dict[str, pl.DataFrame]) -> set[int]:
 
 def test_sigkill_at_random_moments_then_resume_gives_the_clean_rows(procs, baseline, model_dir,
                                                                     sae_file, tmp_path):
-    expected, clean_seconds = baseline
+    expected, before_flow, in_flow = baseline
     assert sorted(expected["v_feature_labels"]["feature"]) == FEATURES
     warehouse = tmp_path / "w.duckdb"
     argv = relabel_args(model_dir, sae_file, warehouse)
@@ -80,21 +98,35 @@ def test_sigkill_at_random_moments_then_resume_gives_the_clean_rows(procs, basel
     assert stored == set(FEATURES[:SHARD])  # shard 1 committed, shard 2 rolled back
     history.append(("in-write", len(stored)))
 
-    # Kills at seeded random moments of the run (start-up, model load, shards, writes, snapshot).
+    # Kills at seeded random moments: while the CLI checks its input and loads the model, just
+    # after the flow stored its first shard (in the next shard's work or write, or in the snapshot
+    # and artifacts when no shard is left), and anywhere in the flow.
     kills = 0
     for attempt in range(RANDOM_KILLS):
-        proc = relabel_proc.start(procs, argv, tmp_path / f"log-{attempt}")
-        delay = rng.uniform(0.2, 0.75) * clean_seconds
+        log = tmp_path / f"log-{attempt}"
+        proc = relabel_proc.start(procs, argv, log)
+        if attempt == 0:
+            delay = rng.uniform(0.2, 0.9) * before_flow
+            moment = f"{delay:.1f} s after the start"
+        elif attempt == 1:
+            wait_for(proc, log, SHARD_STORED)
+            delay = rng.uniform(0.0, 0.5)
+            moment = f"{delay:.2f} s after a shard was stored"
+        else:
+            wait_for(proc, log, FLOW_STARTS)
+            delay = rng.uniform(0.05, 0.6) * in_flow
+            moment = f"{delay:.1f} s into the flow"
         proc.join(delay)
         if not proc.is_alive():  # it finished first: nothing left to interrupt
-            assert proc.exitcode == 0, (tmp_path / f"log-{attempt}").read_text()
+            assert proc.exitcode == 0, log.read_text()
             history.append(("finished", len(FEATURES)))
             break
         proc.kill()
         proc.join(30)
         kills += 1
-        history.append((f"killed at {delay:.1f} s", len(check_consistent(warehouse, expected))))
-    print("features stored after each kill:", history, f"(clean run {clean_seconds:.1f} s)")
+        history.append((f"killed {moment}", len(check_consistent(warehouse, expected))))
+    print("features stored after each kill:", history,
+          f"(clean run: {before_flow:.1f} s before its flow, {in_flow:.1f} s in it)")
     assert kills >= 1, history
 
     final = relabel_proc.start(procs, argv, tmp_path / "log-final")
