@@ -15,7 +15,7 @@ from selfexplain.errors import InputError
 
 Preset = Literal["faithful", "default"]
 ScaleUnit = Literal["absolute", "relative"]
-Selection = Literal["composite", "selfsim", "entropy", "consensus"]
+Selection = Literal["composite", "selfsim", "entropy", "consensus", "roundtrip"]
 Metric = Literal["entropy", "crossent"]
 
 
@@ -73,7 +73,10 @@ class ExplainConfig(BaseModel):
     """How explanations are ranked: the post's `composite`, `selfsim` or `entropy` alone, or
     `consensus` (agreement of content words across scales, composite as tie-break; selection.py)."""
     consensus_weight: float = Field(5.0, ge=0)
-    """Weight of cross-scale agreement against the composite (in [-1, 0.4]) in `consensus`."""
+    """Weight of cross-scale agreement against the composite (in [-1, 0.4]) in `consensus` and
+    `roundtrip`."""
+    roundtrip_weight: float = Field(10.0, ge=0)
+    """Weight of the round-trip cosine against the consensus score in `roundtrip`."""
     top_n: int = Field(3, ge=1)
     max_new_tokens: int = Field(40, ge=1, le=512)
     temperature: float = Field(1.0, gt=0)

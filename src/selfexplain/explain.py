@@ -7,7 +7,8 @@ scale-0 and mean-embedding baselines, the absolute scale grid) and explains dire
    cross-entropy, composite per scale;
 2. generation: sample explanations at the configured scales (faithful) or at the best few metric
    scales (default), in batches, with the prompt's KV cache;
-3. selection: rank candidates with the configured strategy, keep the top n;
+3. selection: read every candidate back through the model (round trip, cheap: the first blocks
+   only), rank candidates with the configured strategy, keep the top n;
 4. flags: failure (max self-similarity under the threshold), recovered token (repeat prompt) and its
    reliability.
 """
@@ -29,6 +30,7 @@ from selfexplain.generate import row_seed, sample_continuations
 from selfexplain.metrics import composite, cross_entropy, entropy, nearest_scale_index, self_similarity
 from selfexplain.models import LoadedModel
 from selfexplain.prompts import MEANING, REPEAT, Prompt, build_prompt
+from selfexplain.roundtrip import RoundTrip
 from selfexplain.results import Candidate, FeatureExplanation, SkippedFeature, Sweep
 from selfexplain.saes import SaeDirections
 from selfexplain.selection import STRATEGIES, SweepScores, order
@@ -88,6 +90,7 @@ class SelfExplainer:
         kinds = [MEANING, REPEAT] if config.recover_token else [MEANING]
         began = time.perf_counter()
         self.states = {kind: self._prepare(kind) for kind in kinds}
+        self.roundtrip = RoundTrip(lm, self.injection_layer, list(NORM_TEXTS))
         self.timings: dict[str, float] = {"prefill": time.perf_counter() - began,
                                           "metrics": 0.0, "generation": 0.0, "selection": 0.0}
         """Seconds spent per stage (prefill = prefix caches and shared baselines), for benchmarks."""
@@ -200,10 +203,15 @@ class SelfExplainer:
             row_grid = torch.tensor([int(index[f, j]) for f in range(n_features)
                                      for j in chosen_index[f] for _ in range(samples)])
         clock = self._tick("generation", clock)
+        # every candidate's round trip is stored (extra["roundtrip"]), whatever ranks it
+        roundtrip = self.roundtrip.scores(texts, directions[[f for f, _, _ in rows]])
         result = _PromptResult(sweeps=[], candidates=[], plan=[])
         strategy = STRATEGIES[config.selection]
         if config.selection == "consensus":
             strategy = partial(strategy, weight=config.consensus_weight)
+        elif config.selection == "roundtrip":
+            strategy = partial(strategy, weight=config.roundtrip_weight,
+                               consensus_weight=config.consensus_weight)
         by_feature: list[list[int]] = [[] for _ in range(n_features)]
         for r, (f, _, _) in enumerate(rows):
             by_feature[f].append(r)
@@ -213,7 +221,7 @@ class SelfExplainer:
             local = [int((index[f] == row_grid[r]).nonzero()[0]) for r in own]
             sweep = SweepScores(scales[f], selfsim[f], scored[f], comp[f], self.min_scale)
             feature_texts = [texts[r] for r in own]
-            ranked = strategy(local, feature_texts, sweep)
+            ranked = strategy(local, feature_texts, sweep, roundtrip=[roundtrip[r] for r in own])
             keyed = [s if feature_texts[i] else s - 1e6 for i, s in enumerate(ranked.score)]
             ranking = order(keyed)
             rank_of = {i: rank for rank, i in enumerate(ranking)}
@@ -226,7 +234,8 @@ class SelfExplainer:
                     composite=float(comp[f, local[i]]), score=float(ranked.score[i]),
                     rank=rank_of[i], chosen=i in chosen,
                     extra={"selfsim": float(selfsim[f, local[i]]),
-                           "entropy": float(ent[f, local[i]]), **ranked.extra[i]},
+                           "entropy": float(ent[f, local[i]]), "roundtrip": roundtrip[r],
+                           **ranked.extra[i]},
                 )
                 for i, r in enumerate(own)
             ])

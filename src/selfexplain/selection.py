@@ -1,13 +1,14 @@
 """Ranking sampled explanations: small named strategies over one feature's candidates.
 
-Each strategy maps (candidates of one prompt, that prompt's sweep) to one score per candidate,
-higher is better, plus named extra scores stored with the candidate so users see why it won.
+Each strategy maps (candidates of one prompt, that prompt's sweep, and each candidate's round-trip
+score) to one score per candidate, higher is better, plus named extra scores stored with the
+candidate so users see why it won. Strategies that do not use the round trip ignore it.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -53,26 +54,29 @@ def _floored(values: Tensor, sweep: SweepScores) -> Tensor:
     return scored
 
 
-def rank_composite(indices: list[int], texts: list[str], sweep: SweepScores) -> Ranked:
+def rank_composite(indices: list[int], texts: list[str], sweep: SweepScores,
+                   roundtrip: Sequence[float] | None = None) -> Ranked:
     """The post's selection: the composite at each sample's (nearest) metric scale."""
     scores = [float(sweep.composite[i]) for i in indices]
     return Ranked(scores, [{} for _ in indices])
 
 
-def rank_selfsim(indices: list[int], texts: list[str], sweep: SweepScores) -> Ranked:
+def rank_selfsim(indices: list[int], texts: list[str], sweep: SweepScores,
+                 roundtrip: Sequence[float] | None = None) -> Ranked:
     """Self-similarity alone (min-max, min-scale floor)."""
     scored = _floored(sweep.selfsim, sweep)
     return Ranked([float(scored[i]) for i in indices], [{} for _ in indices])
 
 
-def rank_entropy(indices: list[int], texts: list[str], sweep: SweepScores) -> Ranked:
+def rank_entropy(indices: list[int], texts: list[str], sweep: SweepScores,
+                 roundtrip: Sequence[float] | None = None) -> Ranked:
     """Entropy alone: lower first-token entropy ranks higher (min-max, min-scale floor)."""
     scored = _floored(-sweep.entropy, sweep)
     return Ranked([float(scored[i]) for i in indices], [{} for _ in indices])
 
 
 def rank_consensus(indices: list[int], texts: list[str], sweep: SweepScores,
-                   weight: float = 5.0) -> Ranked:
+                   roundtrip: Sequence[float] | None = None, weight: float = 5.0) -> Ranked:
     """Composite plus cross-scale agreement, the default ranking.
 
     A feature's meaning recurs across scales, while the failure modes (filler about "a word",
@@ -98,11 +102,29 @@ def rank_consensus(indices: list[int], texts: list[str], sweep: SweepScores,
     return Ranked(scores, extras)
 
 
+def rank_roundtrip(indices: list[int], texts: list[str], sweep: SweepScores,
+                   roundtrip: Sequence[float] | None = None, weight: float = 10.0,
+                   consensus_weight: float = 5.0) -> Ranked:
+    """Round trip first, consensus as tie-break: `weight` x roundtrip + the consensus score.
+
+    `roundtrip` (one per candidate, from `selfexplain.roundtrip`) is how closely the model's own
+    reading of the explanation lands on the injected direction, a cosine in [-1, 1]; the consensus
+    score lies in [-1, 0.4 + consensus_weight]. Unlike the scale metrics it looks at the answer
+    itself, which is what separates a right sample from a wrong one at the same scale.
+    """
+    if roundtrip is None or len(roundtrip) != len(texts):
+        raise ValueError("the roundtrip strategy needs one round-trip score per candidate")
+    base = rank_consensus(indices, texts, sweep, weight=consensus_weight)
+    scores = [b + weight * r for b, r in zip(base.score, roundtrip)]
+    return Ranked(scores, base.extra)
+
+
 STRATEGIES = {
     "composite": rank_composite,
     "selfsim": rank_selfsim,
     "entropy": rank_entropy,
     "consensus": rank_consensus,
+    "roundtrip": rank_roundtrip,
 }
 
 

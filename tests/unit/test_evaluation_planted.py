@@ -157,7 +157,7 @@ def test_rerank_reuses_the_same_samples() -> None:
     # a callable strategy works too
     from selfexplain.selection import Ranked
 
-    shortest = lambda idx, texts, sweep: Ranked([-len(t) for t in texts], [{} for _ in texts])
+    shortest = lambda idx, texts, sweep, roundtrip=None: Ranked([-len(t) for t in texts], [{} for _ in texts])
     assert rerank(fe, shortest, min_scale=5.0)[0].text == "zzz qqq"
     frame = score_strategies([fe], words("dog", pos="noun"), ["composite", "selfsim"],
                              min_scale=5.0, prefix="faithful:")

@@ -135,7 +135,9 @@ def rerank(fe: FeatureExplanation, strategy: str | Callable, *, min_scale: float
         return []
     scores = sweep_scores(sweep, min_scale=min_scale, entropy_metric=entropy_metric, alpha=alpha)
     grid = nearest_scale_index(scores.scales, torch.tensor([c.scale for c in candidates])).tolist()
-    ranked = rank_fn(grid, [c.text for c in candidates], scores)
+    roundtrip = [c.extra.get("roundtrip") for c in candidates]
+    ranked = rank_fn(grid, [c.text for c in candidates], scores,
+                     roundtrip=None if None in roundtrip else roundtrip)
     keyed = [s if candidates[i].text else s - 1e6 for i, s in enumerate(ranked.score)]
     return [candidates[i] for i in order(keyed)]
 

@@ -1,0 +1,96 @@
+"""Round trip: read each candidate explanation back through the model and ask whether it lands on
+the injected direction (issue 9).
+
+An explanation that names the concept should, once the model reads it, put a residual close to the
+direction we injected at the same layer. The score of a text is the largest cosine, over its
+tokens, between (residual entering the injection layer - the mean residual of ordinary text) and
+the unit direction. Only the first `layer` blocks run (the forward stops at the hook), so scoring
+all candidates of a feature costs a few percent of one sampling step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from selfexplain.models import LoadedModel
+
+CONTEXT = 'It means "'
+"""Text before each explanation, so its first token never sits at position 0 (the attention
+sink, whose residual is huge and shared by every text)."""
+
+
+class _Stop(Exception):
+    """Raised by the capture hook once the wanted layer is reached: later blocks never run."""
+
+
+@torch.inference_mode()
+def token_residuals(lm: LoadedModel, texts: list[str], layer: int, context: str = CONTEXT,
+                    batch: int = 64) -> list[Tensor]:
+    """Residual entering block `layer` at every token of each text after `context`.
+
+    Returns one (tokens_i, d_model) float32 tensor per text; an empty text gives (0, d_model).
+    Texts are right-padded in batches; the causal mask keeps padding from touching real tokens.
+    """
+    tokenizer = lm.tokenizer
+    prefix = tokenizer(context, add_special_tokens=False).input_ids
+    encoded = [prefix + tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[Tensor] = [torch.zeros(0, lm.d_model) for _ in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together
+    seen: list[Tensor] = []
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen.append(hidden.detach().float().cpu())  # (batch, seq, d_model)
+        raise _Stop
+
+    handle = lm.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, len(order), batch):
+            rows = [i for i in order[start : start + batch] if len(encoded[i]) > len(prefix)]
+            if not rows:
+                continue
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros(len(rows), width, dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[r, : len(encoded[i])] = 1
+            seen.clear()
+            try:
+                lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                         use_cache=False, logits_to_keep=1)
+            except _Stop:
+                pass
+            for r, i in enumerate(rows):
+                out[i] = seen[0][r, len(prefix) : len(encoded[i])]
+    finally:
+        handle.remove()
+    return out
+
+
+class RoundTrip:
+    """Scores texts against directions at one layer of one model (the text mean computed once)."""
+
+    def __init__(self, lm: LoadedModel, layer: int, reference_texts: list[str],
+                 context: str = CONTEXT) -> None:
+        self.lm, self.layer, self.context = lm, layer, context
+        reference = token_residuals(lm, reference_texts, layer, context)
+        self.mean = torch.cat(reference).mean(dim=0)  # (d_model,) mean residual of ordinary text
+
+    def scores(self, texts: list[str], directions: Tensor) -> list[float]:
+        """Per text, max over its tokens of cos(residual - mean, direction); 0 for empty text.
+
+        directions: (n_texts, d_model) unit vectors, the direction each text is scored against.
+        """
+        residuals = token_residuals(self.lm, texts, self.layer, self.context)
+        out: list[float] = []
+        for tokens, direction in zip(residuals, directions):
+            if tokens.shape[0] == 0:
+                out.append(0.0)
+                continue
+            centred = tokens - self.mean  # (tokens, d_model)
+            cosine = centred @ direction.float() / centred.norm(dim=-1).clamp_min(1e-12)
+            out.append(float(cosine.max()))
+        return out

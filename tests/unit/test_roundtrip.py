@@ -1,0 +1,68 @@
+"""Round trip (issue 9): residuals read back at the injection layer, and the strategy using them."""
+
+import pytest
+import torch
+
+from selfexplain.config import ExplainConfig
+from selfexplain.explain import NORM_TEXTS, explain_directions
+from selfexplain.forward import captured_all
+from selfexplain.roundtrip import RoundTrip, token_residuals
+from selfexplain.selection import STRATEGIES, SweepScores, order
+
+
+def test_padded_batches_give_each_texts_own_residuals(tiny_lm_any):
+    lm = tiny_lm_any
+    texts = ["ab", "a longer text", "", "cd ef"]
+    batched = token_residuals(lm, texts, layer=2, context="x: ", batch=8)
+    assert batched[2].shape == (0, lm.d_model)
+    prefix = len(lm.tokenizer("x: ", add_special_tokens=False).input_ids)
+    for text, got in zip(texts, batched):
+        if not text:
+            continue
+        ids = lm.tokenizer("x: " + text, add_special_tokens=False, return_tensors="pt").input_ids
+        with captured_all(lm.layers[2]) as seen, torch.inference_mode():
+            lm.model(input_ids=ids, use_cache=False)
+        assert got.shape == (ids.shape[1] - prefix, lm.d_model)
+        torch.testing.assert_close(got, seen[0][0, prefix:].float(), atol=1e-5, rtol=1e-4)
+
+
+def test_a_text_scores_one_against_its_own_token_and_less_elsewhere(tiny_lm):
+    trip = RoundTrip(tiny_lm, 2, list(NORM_TEXTS), context="x: ")
+    own = token_residuals(tiny_lm, ["cat"], 2, context="x: ")[0][-1] - trip.mean
+    direction = own / own.norm()
+    scores = trip.scores(["cat", "qqqq zzz", ""], direction.expand(3, -1))
+    assert scores[0] == pytest.approx(1.0, abs=1e-4)
+    assert scores[1] < 0.99 and scores[2] == 0.0
+
+
+def _sweep():
+    return SweepScores(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(3), torch.zeros(3),
+                       torch.tensor([0.0, 0.2, 0.1]), 0.5)
+
+
+def test_roundtrip_outranks_consensus_and_needs_its_scores():
+    texts = ["pet dog", "dog", "cat", "kitten"]
+    indices = [1, 2, 1, 2]  # 'dog' agrees across scales; the cats do not share a word
+    without = STRATEGIES["consensus"](indices, texts, _sweep())
+    assert order(without.score)[:2] == [0, 1]
+    ranked = STRATEGIES["roundtrip"](indices, texts, _sweep(), roundtrip=[0.1, 0.1, 0.9, 0.2])
+    assert order(ranked.score)[0] == 2
+    # equal round trips: consensus decides, as before
+    tied = STRATEGIES["roundtrip"](indices, texts, _sweep(), roundtrip=[0.5] * 4)
+    assert order(tied.score) == order(without.score)
+    with pytest.raises(ValueError, match="round-trip score per candidate"):
+        STRATEGIES["roundtrip"](indices, texts, _sweep())
+
+
+def test_engine_stores_the_roundtrip_of_every_candidate_and_ranks_by_it(tiny_lm):
+    config = ExplainConfig.from_preset("default", max_new_tokens=4, selection="roundtrip",
+                                       samples_per_scale=2, batch_rows=64)
+    result = explain_directions(tiny_lm, torch.randn(2, tiny_lm.d_model), config)[0]
+    for prompt in ("meaning", "repeat"):
+        ranked = sorted((c for c in result.candidates if c.prompt == prompt), key=lambda c: c.rank)
+        assert all(-1.0 <= c.extra["roundtrip"] <= 1.0 for c in ranked)
+        for c in ranked:  # the score is the documented formula of the stored parts
+            assert c.score == pytest.approx(
+                c.composite + 5.0 * c.extra["agreement"] + 10.0 * c.extra["roundtrip"], abs=1e-5)
+        nonempty = [c.score for c in ranked if c.text]
+        assert nonempty == sorted(nonempty, reverse=True)
