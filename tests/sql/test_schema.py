@@ -30,7 +30,8 @@ def test_reopen_is_idempotent(tmp_path):
             wh.apply_schema()
             versions = wh.query("SELECT version FROM schema_version").to_series().to_list()
     assert versions == [0]
-    assert {"v_feature_labels", "v_scale_sweep", "v_failures", "v_runs", "v_saes"} <= set(wh_views(path))
+    assert {"v_feature_labels", "v_scale_sweep", "v_failures", "v_runs", "v_saes",
+            "v_eval_summary"} <= set(wh_views(path))
 
 
 def wh_views(path: Path) -> list[str]:

@@ -1,9 +1,14 @@
-"""The public views on hand-written rows: one current label per feature, history kept."""
+"""The public views on hand-written rows: one current label per feature, history kept; evaluation
+summaries (counts, means, Wilson intervals) equal to the Python statistics."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import polars as pl
+import pytest
+
+from selfexplain.evaluation.stats import wilson
 from selfexplain.warehouse import feature_rows, frame
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
@@ -86,3 +91,60 @@ def test_feature_labels_carry_feature_stats(wh, make_results):
     view = wh.query("SELECT feature, single_token, top_tokens FROM v_feature_labels "
                     "WHERE feature IN (0, 1) ORDER BY feature")
     assert view.rows() == [(0, None, None), (1, True, ["cat"])]
+
+
+def eval_rows(eval_id, at, metric, values, *, method="default", suite="planted", sae_id="words"):
+    """Hand-written eval_result rows, one per value (features 0, 1, ...)."""
+    n = len(values)
+    return pl.DataFrame({
+        "eval_id": [eval_id] * n, "suite": [suite] * n, "release": ["planted"] * n,
+        "sae_id": [sae_id] * n, "feature": list(range(n)), "method": [method] * n,
+        "metric": [metric] * n, "value": values, "name": [None] * n, "detail_json": [None] * n,
+        "model_id": ["m"] * n, "settings_hash": ["h"] * n, "run_id": [None] * n,
+        "created_at": [at] * n,
+    }, schema_overrides={"value": pl.Float64, "name": pl.String, "detail_json": pl.String,
+                         "run_id": pl.String})
+
+
+def test_eval_summary_counts_means_and_wilson_intervals(wh):
+    nan = float("nan")
+    wh.write({"eval_result": pl.concat([
+        eval_rows("e1", T0, "hit_top3", [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, None, nan]),
+        eval_rows("e1", T0, "failed", [1.0] * 5),
+        eval_rows("e1", T0, "recovered_exact", [0.0] * 3),
+        eval_rows("e1", T0, "max_selfsim", [0.5, 1.0, 0.0]),
+        eval_rows("e1", T0, "best_scale", [None]),
+        eval_rows("e1", T0, "hit_top3", [1.0], method="vocabproj"),
+    ])})
+    view = wh.query("SELECT metric, method, n, mean, ci_low, ci_high, model_id, settings_hash, "
+                    "created_at, is_latest FROM v_eval_summary ORDER BY metric, method")
+    got = {(r["metric"], r["method"]): r for r in view.iter_rows(named=True)}
+    assert len(got) == view.height == 6  # one row per (eval, suite, release, sae, method, metric)
+    for (metric, method), (k, n) in {("hit_top3", "default"): (4, 7), ("failed", "default"): (5, 5),
+                                     ("recovered_exact", "default"): (0, 3),
+                                     ("hit_top3", "vocabproj"): (1, 1)}.items():
+        row = got[(metric, method)]
+        low, high = wilson(k, n)
+        assert row["n"] == n and row["mean"] == pytest.approx(k / n)
+        assert row["ci_low"] == pytest.approx(low, abs=1e-12), metric
+        assert row["ci_high"] == pytest.approx(high, abs=1e-12), metric
+    other = got[("max_selfsim", "default")]
+    assert (other["n"], other["mean"], other["ci_low"], other["ci_high"]) == (3, 0.5, None, None)
+    empty = got[("best_scale", "default")]
+    assert (empty["n"], empty["mean"], empty["ci_low"]) == (0, None, None)
+    assert set(view["model_id"]) == {"m"} and set(view["settings_hash"]) == {"h"}
+    assert set(view["created_at"]) == {T0} and view["is_latest"].all()
+
+
+def test_eval_summary_marks_the_latest_evaluation(wh):
+    wh.write({"eval_result": pl.concat([
+        eval_rows("e-old", T0, "hit_top3", [1.0, 0.0]),
+        eval_rows("e-new", T1, "hit_top3", [1.0, 1.0]),
+        eval_rows("e-old", T0, "hit_top3", [1.0], sae_id="classes"),  # newest for its own set
+    ])})
+    view = wh.query("SELECT eval_id, sae_id, eval_rank, is_latest, mean FROM v_eval_summary "
+                    "ORDER BY sae_id, eval_rank")
+    assert view.rows() == [("e-old", "classes", 1, True, 1.0), ("e-new", "words", 1, True, 1.0),
+                           ("e-old", "words", 2, False, 0.5)]
+    latest = wh.query("SELECT mean FROM v_eval_summary WHERE is_latest AND sae_id = 'words'")
+    assert latest["mean"].to_list() == [1.0]
