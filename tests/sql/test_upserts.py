@@ -52,6 +52,11 @@ def sample_rows(make_results) -> dict[str, pl.DataFrame]:
         "prompt": ["meaning"], "threshold": [0.02], "quantile": [0.95], "n_null": [64],
         "null_mean": [0.01], "null_std": [0.004], "created": [None], "computed_at": [T0],
     })
+    rows["judge_response"] = pl.DataFrame({
+        "key": ["0" * 64], "model": ["judge"],
+        "messages_json": ['[{"content": "?", "role": "user"}]'], "response": ["Yes"],
+        "created_at": [T0],
+    })
     rows["feature_stats"] = pl.DataFrame({
         "release": ["r"], "sae_id": ["s"], "feature": [0], "density": [0.01],
         "mean_activation": [2.0], "max_activation": [5.0], "top_tokens": [["cat"]],

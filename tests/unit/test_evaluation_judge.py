@@ -1,4 +1,5 @@
-"""Reference label import and the LLM judge against a fake chat-completions server on 127.0.0.1."""
+"""Reference label import and the LLM judge against a fake chat-completions server on 127.0.0.1;
+its answers cached in the warehouse (a second run asks nothing)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,65 @@ def test_judge_against_fake_server(fake_server, tmp_path) -> None:
                           "reference": ["dogs", "dogs"], "labels": [["dogs"], ["cat"]]})
     rows = judge_mod.judge_rows(judge, items)
     assert rows["judge_match"].to_list() == [True, False]
+
+
+def test_second_run_with_the_same_warehouse_asks_nothing(fake_server, tmp_path) -> None:
+    """Run 1 reads the (empty) warehouse, asks the server, and hands its new answers to the
+    writer; run 2 starts from the stored rows and sends zero requests."""
+    from selfexplain.commands.evaluate import judge_cache
+    from selfexplain.warehouse import Warehouse
+
+    endpoint = judge_mod.JudgeEndpoint(fake_server, "judge-model")
+    path = str(tmp_path / "w.duckdb")
+    items = pl.DataFrame({"method": ["default", "vocabproj", "default"], "feature": [1, 1, 2],
+                          "reference": ["dogs", "dogs", "cats"],
+                          "labels": [["dogs"], ["cat"], ["felines", "cats"]]})
+
+    def run(out_dir):
+        cache = judge_cache(path, out_dir)  # read-only read of the warehouse, if it exists
+        judge = judge_mod.Judge(endpoint, cache)
+        rows = judge_mod.judge_rows(judge, items)
+        new = cache.new_rows()
+        with Warehouse(path) as writer:  # the single writer, at the end of the run
+            writer.write({"judge_response": new})
+        return rows, judge.requests, new
+
+    first, asked, new = run(None)
+    assert asked == 3 and len(_FakeChat.seen) == 3 and new.height == 3
+    assert first["judge_match"].to_list() == [True, False, True]
+    with Warehouse(path, read_only=True) as reader:
+        stored = reader.table("judge_response").sort("key")
+    assert stored.height == 3 and set(stored["model"]) == {"judge-model"}
+    for row in stored.iter_rows(named=True):  # the key is the hash of what was asked
+        messages = json.loads(row["messages_json"])
+        assert judge_mod.JudgeCache.key(row["model"], messages) == row["key"]
+        assert row["response"] in ("Yes.", "No")
+
+    again, asked, new = run(None)
+    assert asked == 0 and len(_FakeChat.seen) == 3 and new.height == 0
+    assert again.equals(first)
+
+    # the JSONL file still works, alone or beside the warehouse; its answers reach the warehouse
+    fresh = judge_mod.Judge(endpoint, judge_mod.JudgeCache(tmp_path / "out" / "judge_cache.jsonl"))
+    fresh.matches("birds", ["sparrows"])
+    assert len(_FakeChat.seen) == 4
+    third, asked, new = run(str(tmp_path / "out"))
+    assert asked == 0 and third.equals(first)
+    assert new["response"].to_list() == ["No"]  # the birds answer, from the file
+    with Warehouse(path, read_only=True) as reader:
+        assert reader.table("judge_response").height == 4
+
+
+def test_judge_verdicts_are_eval_result_rows() -> None:
+    from selfexplain.evaluation.suite import EvalOutput, EvalRequest, eval_result_rows
+
+    verdicts = pl.DataFrame({"method": ["default", "vocabproj"], "feature": [1, 1],
+                             "judge_match": [True, None], "response": ["Yes", "Maybe"]})
+    output = EvalOutput(EvalRequest(suite="real"), items={"judge": verdicts})
+    rows = eval_result_rows(output, eval_id="e", model_id="m", sae_release="r", sae_id="s")
+    assert rows.select("suite", "release", "sae_id", "method", "metric", "value").rows() == [
+        ("judge", "r", "s", "default", "judge_match", 1.0)]  # an unparsed answer is not a row
+    assert json.loads(rows["detail_json"][0]) == {"response": "Yes"}
 
 
 def test_judge_errors_are_clear(fake_server) -> None:

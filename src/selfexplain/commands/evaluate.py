@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from selfexplain.evaluation import judge as judge_mod
 
     endpoint = judge_mod.JudgeEndpoint.from_env(os.environ)
+    cache = None
+    if endpoint is not None and args.references:  # read before the slow loads: fails fast
+        cache = judge_cache(args.warehouse, args.out)
     began = time.perf_counter()
 
     def log(message: str) -> None:
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             output.notes.append(judge_mod.SKIP_MESSAGE)
             print(judge_mod.SKIP_MESSAGE, file=sys.stderr)
         elif "real" in output.items:
-            output.summaries.append(judge_real(output, references, endpoint, args.out))
+            output.summaries.append(judge_real(output, references, endpoint, cache))
     output.timings["total"] = round(time.perf_counter() - began, 1)
     summary = output.summary
     if args.json:
@@ -139,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         }
         if references is not None:
             frames["reference_label"] = references
+        if cache is not None:  # the judge's new answers: a rerun asks nothing again
+            frames["judge_response"] = cache.new_rows()
         with Warehouse(args.warehouse) as warehouse:
             counts = warehouse.write(frames)
         log(f"warehouse {args.warehouse}: {counts} (eval_id {eval_id})")
@@ -154,14 +159,29 @@ def load_sae_and_stats(spec: str):
     return load_sae(spec), stats
 
 
-def judge_real(output, references, endpoint, cache_dir):
+def judge_cache(warehouse: str | None, out_dir: str | None):
+    """The judge's cache: the warehouse's `judge_response` rows (a read-only read; the run writes
+    its new answers at the end) and `<out_dir>/judge_cache.jsonl`."""
+    from pathlib import Path
+
+    from selfexplain.evaluation.judge import JudgeCache
+    from selfexplain.warehouse import Warehouse
+
+    rows = None
+    if warehouse is not None and Path(warehouse).is_file():
+        with Warehouse(warehouse, read_only=True, wait_s=10) as reader:
+            if "judge_response" in reader.tables():  # an older warehouse gains it on write
+                rows = reader.table("judge_response")
+    return JudgeCache(None if out_dir is None else f"{out_dir}/judge_cache.jsonl", rows=rows)
+
+
+def judge_real(output, references, endpoint, cache=None):
     """Ask the judge whether any top-3 label matches the reference, for each method's labels."""
     import polars as pl
 
     from selfexplain.evaluation import judge as judge_mod
     from selfexplain.evaluation.stats import summarise_binary
 
-    cache = judge_mod.JudgeCache(None if cache_dir is None else f"{cache_dir}/judge_cache.jsonl")
     judge = judge_mod.Judge(endpoint, cache)
     items = output.items["real"].join(
         references.select(pl.col("feature").cast(pl.Int64), pl.col("description").alias("reference")),

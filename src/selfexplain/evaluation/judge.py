@@ -5,7 +5,8 @@
   rows.
 - `Judge`: asks, at temperature 0, whether any of the top-3 explanations matches the reference
   (the authors' question), and a 6-way side-by-side of two labels given the feature's contexts.
-  Responses are cached by a hash of (model, messages), so a rerun costs nothing.
+  Responses are cached by a hash of (model, messages), so a rerun costs nothing: the cache starts
+  from the warehouse's `judge_response` rows and hands its new answers back to the single writer.
 - No endpoint configured: nothing is asked and nothing is invented; callers get `None` and
   `SKIP_MESSAGE`.
 
@@ -44,6 +45,12 @@ REFERENCE_SCHEMA = {
     "imported_at": pl.Datetime("us", "UTC"),
 }
 """The warehouse's `reference_label` row."""
+
+JUDGE_RESPONSE_SCHEMA = {
+    "key": pl.String, "model": pl.String, "messages_json": pl.String, "response": pl.String,
+    "created_at": pl.Datetime("us", "UTC"),
+}
+"""The warehouse's `judge_response` row: one cached answer of the judge."""
 
 MATCH_SYSTEM = "You are a careful judge of descriptions of neural network features."
 MATCH_PROMPT = (
@@ -168,16 +175,34 @@ class JudgeEndpoint:
 
 
 class JudgeCache:
-    """Responses keyed by sha256(model, messages), kept in memory and in an optional JSONL file."""
+    """Responses keyed by sha256(model, messages), in memory; seeded from the warehouse's
+    `judge_response` rows (`rows`, read by the caller) and from an optional JSONL file (`path`,
+    appended to as answers arrive).
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    The cache never writes the warehouse: `new_rows()` hands back the answers it does not hold yet,
+    for the single writer to upsert at the end of the run.
+    """
+
+    def __init__(self, path: str | Path | None = None, rows: pl.DataFrame | None = None) -> None:
         self.path = None if path is None else Path(path)
         self.entries: dict[str, str] = {}
+        self.records: dict[str, dict[str, object]] = {}
+        """Full `judge_response` rows of the answers known with their question, by key."""
+        self.stored: set[str] = set()
+        """Keys the warehouse already holds (from `rows`)."""
+        for row in ([] if rows is None else rows.iter_rows(named=True)):
+            self.entries[row["key"]] = row["response"]
+            self.stored.add(row["key"])
         if self.path is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():
                 if line.strip():
                     record = json.loads(line)
-                    self.entries[record["key"]] = record["response"]
+                    key = record["key"]
+                    self.entries.setdefault(key, record["response"])
+                    if "model" in record and "messages" in record:  # older files lack them
+                        self.records.setdefault(key, _record(
+                            key, record["model"], record["messages"], record["response"],
+                            record.get("created_at")))
 
     @staticmethod
     def key(model: str, messages: Sequence[Mapping[str, str]]) -> str:
@@ -186,12 +211,33 @@ class JudgeCache:
     def get(self, key: str) -> str | None:
         return self.entries.get(key)
 
-    def put(self, key: str, response: str) -> None:
+    def put(self, key: str, response: str, *, model: str | None = None,
+            messages: Sequence[Mapping[str, str]] | None = None) -> None:
+        """Remember an answer; with its `model` and `messages` it can also go to the warehouse."""
         self.entries[key] = response
+        line: dict[str, object] = {"key": key, "response": response}
+        if model is not None and messages is not None:
+            record = _record(key, model, messages, response)
+            self.records[key] = record
+            line.update(model=model, messages=list(messages),
+                        created_at=record["created_at"].isoformat())
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as handle:
-                handle.write(json.dumps({"key": key, "response": response}) + "\n")
+                handle.write(json.dumps(line) + "\n")
+
+    def new_rows(self) -> pl.DataFrame:
+        """`judge_response` rows for the answers the warehouse does not hold yet."""
+        rows = [r for key, r in self.records.items() if key not in self.stored]
+        return pl.DataFrame(rows, schema=JUDGE_RESPONSE_SCHEMA, orient="row")
+
+
+def _record(key: str, model: str, messages: Sequence[Mapping[str, str]], response: str,
+            created_at: str | dt.datetime | None = None) -> dict[str, object]:
+    if isinstance(created_at, str):
+        created_at = dt.datetime.fromisoformat(created_at)
+    return dict(key=key, model=model, messages_json=json.dumps(list(messages), sort_keys=True),
+                response=response, created_at=created_at or dt.datetime.now(dt.timezone.utc))
 
 
 class JudgeError(InputError):
@@ -232,7 +278,7 @@ class Judge:
             text = payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
             raise JudgeError("judge endpoint's answer has no choices[0].message.content") from None
-        self.cache.put(key, text)
+        self.cache.put(key, text, model=self.endpoint.model, messages=messages)
         return text
 
     def matches(self, reference: str, candidates: Sequence[str]) -> tuple[bool | None, str]:

@@ -417,12 +417,14 @@ _ITEM_METRICS = {
     "real": ("recovered_exact", "label_names_token", "sim_own", "sim_other", "failed",
              "max_selfsim"),
     "planted_embedding": ("sim_own", "sim_other"),
+    "judge": ("judge_match",),
 }
 _DETAIL = {
     "planted": ("labels", "recovered", "matched", "kind", "pos"),
     "scale_selection": ("chosen_scales", "eligible"),
     "real": ("label", "recovered", "top_token", "single_token", "other_feature"),
     "planted_embedding": (),
+    "judge": ("response",),
 }
 
 
@@ -433,11 +435,11 @@ def eval_result_rows(output: EvalOutput, *, eval_id: str, model_id: str, sae_rel
     split = output.request.split
     records = []
     for suite, items in output.items.items():
-        if suite not in _ITEM_METRICS:  # e.g. judge verdicts: stored by the judge step
+        if suite not in _ITEM_METRICS:
             continue
         for row in items.iter_rows(named=True):
             method = row["method"]
-            if suite == "real":
+            if suite in ("real", "judge"):
                 release, set_id = sae_release, sae_id
             else:
                 kind = {"word": "words", "class": "classes"}.get(row.get("kind") or "word", "words")
