@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS label (
     score               DOUBLE,
     max_selfsim         DOUBLE,
     max_selfsim_repeat  DOUBLE,
+    max_roundtrip       DOUBLE,            -- best round trip of a meaning candidate
     failed              BOOLEAN NOT NULL,
     failure_reason      VARCHAR,
     skipped             BOOLEAN NOT NULL DEFAULT false,  -- not explained (NaN or zero decoder row)

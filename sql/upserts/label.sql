@@ -1,9 +1,9 @@
 INSERT INTO label (release, sae_id, feature, run_id, label, top_labels, recovered_token,
                    recovered_reliable, scale, composite, score, max_selfsim, max_selfsim_repeat,
-                   failed, failure_reason, skipped, model_id, model_revision, preset, settings_hash,
+                   max_roundtrip, failed, failure_reason, skipped, model_id, model_revision, preset, settings_hash,
                    seconds, labelled_at)
 SELECT release, sae_id, feature, run_id, label, top_labels, recovered_token, recovered_reliable,
-       scale, composite, score, max_selfsim, max_selfsim_repeat, failed, failure_reason, skipped,
+       scale, composite, score, max_selfsim, max_selfsim_repeat, max_roundtrip, failed, failure_reason, skipped,
        model_id, model_revision, preset, settings_hash, seconds, labelled_at
 FROM incoming
 ON CONFLICT (release, sae_id, feature, run_id) DO UPDATE SET
@@ -16,6 +16,7 @@ ON CONFLICT (release, sae_id, feature, run_id) DO UPDATE SET
     score = excluded.score,
     max_selfsim = excluded.max_selfsim,
     max_selfsim_repeat = excluded.max_selfsim_repeat,
+    max_roundtrip = excluded.max_roundtrip,
     failed = excluded.failed,
     failure_reason = excluded.failure_reason,
     skipped = excluded.skipped,

@@ -19,6 +19,7 @@ SELECT
     l.recovered_reliable,
     l.score,
     l.max_selfsim_repeat,
+    l.max_roundtrip,
     l.skipped,
     l.model_id,
     l.model_revision,

@@ -1,5 +1,5 @@
 -- One row per SAE feature whose current label is a likely failure or was skipped, with the
--- evidence: max self-similarity of both prompts and the best rejected candidate.
+-- evidence: max self-similarity of both prompts and the best round trip of a candidate.
 CREATE OR REPLACE VIEW v_failures AS
 SELECT
     f.release,
@@ -9,6 +9,7 @@ SELECT
     f.failure_reason,
     f.max_selfsim,
     f.max_selfsim_repeat,
+    f.max_roundtrip,
     f.recovered_token,
     f.recovered_reliable,
     f.label,

@@ -17,6 +17,7 @@ Preset = Literal["faithful", "default"]
 ScaleUnit = Literal["absolute", "relative"]
 Selection = Literal["composite", "selfsim", "entropy", "consensus", "roundtrip"]
 Metric = Literal["entropy", "crossent"]
+FailureMetric = Literal["selfsim", "roundtrip"]
 
 
 def _check_grid(grid: tuple[float, ...], name: str) -> tuple[float, ...]:
@@ -63,15 +64,19 @@ class ExplainConfig(BaseModel):
     every metric scale >= min_scale (sampling reuses the metric pass's KV cache)."""
     repeat_scales: int = Field(4, ge=1)
     """The repeat prompt runs at this many of the meaning prompt's best-composite sampled scales."""
-    samples_per_scale: int = Field(2, ge=1)
+    samples_per_scale: int = Field(4, ge=1)
+    """Samples drawn at each sampled scale. With the round trip picking among them, more samples
+    is more quality: on 100 DEV words the word is in the top 3 for 56/69/82/84% with 1/2/3/4."""
     min_scale: float = Field(0.125, ge=0)
     """Scales below this never win: their composite is set to the grid's minimum."""
     alpha: float = Field(0.4, ge=0, le=1)
     """composite = alpha * mm(selfsim) - (1 - alpha) * mm(entropy_metric)."""
     entropy_metric: Metric = "entropy"
-    selection: Selection = "consensus"
-    """How explanations are ranked: the post's `composite`, `selfsim` or `entropy` alone, or
-    `consensus` (agreement of content words across scales, composite as tie-break; selection.py)."""
+    selection: Selection = "roundtrip"
+    """How explanations are ranked: the post's `composite`, `selfsim` or `entropy` alone,
+    `consensus` (agreement of content words across scales, composite as tie-break) or `roundtrip`
+    (each explanation read back through the model and compared with the direction, consensus as
+    tie-break; selection.py). On 100 DEV words: composite 37%, consensus 46%, roundtrip 84%."""
     consensus_weight: float = Field(5.0, ge=0)
     """Weight of cross-scale agreement against the composite (in [-1, 0.4]) in `consensus` and
     `roundtrip`."""
@@ -80,8 +85,13 @@ class ExplainConfig(BaseModel):
     top_n: int = Field(3, ge=1)
     max_new_tokens: int = Field(40, ge=1, le=512)
     temperature: float = Field(1.0, gt=0)
-    failure_threshold: float = 0.01
-    """A feature whose max self-similarity stays below this is flagged as a likely failure."""
+    failure_metric: FailureMetric = "roundtrip"
+    """What the failure flag reads: the post's max self-similarity over the grid, or the best
+    round trip of a meaning candidate (no explanation reads back as the direction)."""
+    failure_threshold: float = 0.4
+    """A feature whose `failure_metric` stays below this is flagged as a likely failure. The
+    post's value for self-similarity is 0.01; 0.4 for the round trip was chosen on DEV planted
+    words (60 words + 10 classes: precision .91, recall .72 against top-3 misses)."""
     seed: int = 0
     placeholder: str = "X"
     recover_token: bool = True
@@ -150,6 +160,8 @@ PRESETS: dict[str, dict[str, object]] = {
         alpha=0.4,
         selection="composite",
         entropy_metric="entropy",
+        failure_metric="selfsim",
+        failure_threshold=0.01,
     ),
     "default": {},
 }

@@ -295,26 +295,43 @@ class SelfExplainer:
         repeat = sorted((c for c in candidates if c.prompt == REPEAT), key=lambda c: c.rank)
         max_selfsim = max(sweeps[0].selfsim)
         max_repeat = max(sweeps[1].selfsim) if len(sweeps) > 1 else None
-        failed = max_selfsim < config.failure_threshold
-        reason = (
-            f"max self-similarity {max_selfsim:.4f} < threshold {config.failure_threshold:g}"
-            if failed else None
-        )
+        max_roundtrip = max((c.extra["roundtrip"] for c in meaning if c.text), default=None)
+        if config.failure_metric == "selfsim":
+            failed = max_selfsim < config.failure_threshold
+            reason = f"max self-similarity {max_selfsim:.4f} < threshold {config.failure_threshold:g}"
+        elif max_roundtrip is None:
+            failed, reason = True, "every explanation is empty"
+        else:
+            failed = max_roundtrip < config.failure_threshold
+            reason = (f"no explanation reads back as the direction: best round trip "
+                      f"{max_roundtrip:.3f} < threshold {config.failure_threshold:g}")
         recovered = recover_token(repeat, majority=config.selection != "composite")
         return FeatureExplanation(
             feature=feature,
             name=name,
             explanations=[c for c in meaning if c.chosen][: config.top_n],
             recovered_token=recovered,
-            recovered_reliable=recovered is not None and max_repeat is not None
-            and max_repeat >= config.failure_threshold,
+            recovered_reliable=_reliable(recovered, repeat, max_repeat, config),
             failed=failed,
-            failure_reason=reason,
+            failure_reason=reason if failed else None,
             max_selfsim=max_selfsim,
             max_selfsim_repeat=max_repeat,
             candidates=candidates,
             sweeps=sweeps,
+            max_roundtrip=max_roundtrip,
         )
+
+
+def _reliable(recovered: str | None, repeat: list[Candidate], max_repeat: float | None,
+              config: ExplainConfig) -> bool:
+    """Whether the recovered token passes the failure test: the repeat prompt's max
+    self-similarity (post), or the round trip of the recovered answer itself."""
+    if recovered is None:
+        return False
+    if config.failure_metric == "selfsim":
+        return max_repeat is not None and max_repeat >= config.failure_threshold
+    best = max(c.extra["roundtrip"] for c in repeat if c.text == recovered)
+    return best >= config.failure_threshold
 
 
 def _distinct_top(ranking: list[int], texts: list[str], top_n: int) -> set[int]:

@@ -61,6 +61,8 @@ class FeatureExplanation:
     """Every sampled candidate of both prompts, with scores."""
     sweeps: list[Sweep]
     seconds: float = 0.0
+    max_roundtrip: float | None = None
+    """Best round-trip score of a non-empty meaning candidate (None when there is none)."""
 
     @property
     def label(self) -> str | None:

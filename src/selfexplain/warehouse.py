@@ -421,7 +421,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "label": pl.String, "top_labels": pl.List(pl.String), "recovered_token": pl.String,
         "recovered_reliable": pl.Boolean, "scale": pl.Float64, "composite": pl.Float64,
         "score": pl.Float64, "max_selfsim": pl.Float64, "max_selfsim_repeat": pl.Float64,
-        "failed": pl.Boolean, "failure_reason": pl.String, "skipped": pl.Boolean,
+        "max_roundtrip": pl.Float64, "failed": pl.Boolean, "failure_reason": pl.String, "skipped": pl.Boolean,
         "model_id": pl.String, "model_revision": pl.String, "preset": pl.String,
         "settings_hash": pl.String, "seconds": pl.Float64, "labelled_at": TS,
     },
@@ -509,7 +509,8 @@ def feature_rows(results: Sequence[FeatureExplanation], skipped: Sequence[Skippe
             recovered_token=fe.recovered_token, recovered_reliable=fe.recovered_reliable,
             scale=best.scale if best else None, composite=best.composite if best else None,
             score=best.score if best else None, max_selfsim=fe.max_selfsim,
-            max_selfsim_repeat=fe.max_selfsim_repeat, failed=fe.failed,
+            max_selfsim_repeat=fe.max_selfsim_repeat, max_roundtrip=fe.max_roundtrip,
+            failed=fe.failed,
             failure_reason=fe.failure_reason, skipped=False, seconds=fe.seconds,
         ))
         for i, c in enumerate(fe.candidates):

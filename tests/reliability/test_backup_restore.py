@@ -87,12 +87,17 @@ def test_backup_refuses_a_folder_in_use(full, tmp_path):
     assert [p.name for p in folder.iterdir()] == ["mine.txt"]
 
 
+SHIPPED = max((v for v, _, _ in Warehouse(MEMORY).migrations()), default=0)
+"""The newest migration this selfexplain ships; the tests add the next one."""
+NEXT = SHIPPED + 1
+
+
 def migrated_sql(tmp_path):
-    """The shipped sql/ plus a forward migration 001 adding label.note (upserted too)."""
+    """The shipped sql/ plus a next forward migration adding label.note (upserted too)."""
     sql = tmp_path / "sql"
     shutil.copytree(default_sql_dir(), sql)
     (sql / "migrations").mkdir(exist_ok=True)
-    (sql / "migrations" / "001_label_note.sql").write_text(
+    (sql / "migrations" / f"{NEXT:03d}_label_note.sql").write_text(
         "ALTER TABLE label ADD COLUMN note VARCHAR;")
     table = (sql / "tables" / "010_label.sql").read_text()
     (sql / "tables" / "010_label.sql").write_text(table.replace(
@@ -113,31 +118,31 @@ def test_forward_migration_and_restoring_across_it(full, tmp_path):
     sql = migrated_sql(tmp_path)
     old_backup, live = tmp_path / "v0", tmp_path / "live.duckdb"
     with Warehouse(full, read_only=True) as wh:
-        assert wh.schema_version() == 0
+        assert wh.schema_version() == SHIPPED
         backup(wh, old_backup)
     shutil.copyfile(full, live)
     labels = every_table(live)["label"]
 
     with Warehouse(live, sql_dir=sql) as wh:  # the migration applies forward, once
-        assert wh.schema_version() == 1
-        assert wh.query("SELECT version, name FROM schema_version ORDER BY version").rows() == [
-            (0, "baseline"), (1, "label_note")]
+        assert wh.schema_version() == NEXT
+        assert wh.query("SELECT version, name FROM schema_version ORDER BY version").rows()[-1] \
+            == (NEXT, "label_note")
         migrated = wh.table("label").sort(wh.primary_key("label"))
     assert migrated.drop("note").equals(labels) and migrated["note"].null_count() == labels.height
     with Warehouse(live, sql_dir=sql) as wh:
-        assert wh.query("SELECT count(*) AS n FROM schema_version")["n"][0] == 2
+        assert wh.query("SELECT count(*) AS n FROM schema_version")["n"][0] == NEXT + 1
 
-    with Warehouse(MEMORY, sql_dir=sql) as fresh:  # a v0 backup restores into v1
-        assert fresh.schema_version() == 1
+    with Warehouse(MEMORY, sql_dir=sql) as fresh:  # an older backup restores into the newer
+        assert fresh.schema_version() == NEXT
         restore(fresh, old_backup)
         back = fresh.table("label").sort(fresh.primary_key("label"))
         assert back.drop("note").equals(labels)
         new_backup = tmp_path / "v1"
         backup(fresh, new_backup)
-    assert json.loads((new_backup / "manifest.json").read_text())["schema_version"] == 1
+    assert json.loads((new_backup / "manifest.json").read_text())["schema_version"] == NEXT
     with Warehouse(MEMORY) as older, pytest.raises(WarehouseError,
                                                    match="newer than .* upgrade selfexplain"):
-        restore(older, new_backup)  # a v1 backup into a selfexplain that knows only v0
+        restore(older, new_backup)  # a newer backup into a selfexplain that does not know it
 
 
 # -- lossless for awkward values: property over random label rows ----------------------------------

@@ -12,6 +12,8 @@ from selfexplain.errors import WarehouseError
 from selfexplain.warehouse import MEMORY, Warehouse, default_sql_dir
 
 SQL = default_sql_dir()
+SHIPPED = max((v for v, _, _ in Warehouse(MEMORY).migrations()), default=0)
+"""The newest migration this selfexplain ships; tests of the mechanism add the next one."""
 FILES = sorted((SQL / "tables").glob("*.sql")) + sorted((SQL / "views").glob("*.sql"))
 
 
@@ -29,7 +31,7 @@ def test_reopen_is_idempotent(tmp_path):
         with Warehouse(path) as wh:
             wh.apply_schema()
             versions = wh.query("SELECT version FROM schema_version").to_series().to_list()
-    assert versions == [0]
+    assert versions == list(range(SHIPPED + 1))  # baseline 0 and every shipped migration
     assert {"v_feature_labels", "v_scale_sweep", "v_failures", "v_runs", "v_saes",
             "v_eval_summary"} <= set(wh_views(path))
 
@@ -48,17 +50,17 @@ def test_forward_migration_runs_once(tmp_path):
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL, sql_dir)
     db = tmp_path / "w.duckdb"
-    with Warehouse(db, sql_dir=sql_dir):  # created at version 0 (no migrations yet)
+    with Warehouse(db, sql_dir=sql_dir):  # created at the shipped version
         pass
     (sql_dir / "migrations").mkdir(exist_ok=True)
-    (sql_dir / "migrations" / "001_label_note.sql").write_text(
+    (sql_dir / "migrations" / f"{SHIPPED + 1:03d}_label_note.sql").write_text(
         "ALTER TABLE label ADD COLUMN note VARCHAR;"
     )
     with Warehouse(db, sql_dir=sql_dir) as wh:
-        assert wh.schema_version() == 1
+        assert wh.schema_version() == SHIPPED + 1
         assert "note" in wh.query("SELECT * FROM label LIMIT 0").columns
     with Warehouse(db, sql_dir=sql_dir) as wh:  # not applied again
-        assert wh.schema_version() == 1
+        assert wh.schema_version() == SHIPPED + 1
     # A fresh warehouse is created at the latest version without running the migration.
     (sql_dir / "tables" / "010_label.sql").write_text(
         (SQL / "tables" / "010_label.sql").read_text().replace(
@@ -67,7 +69,7 @@ def test_forward_migration_runs_once(tmp_path):
         )
     )
     with Warehouse(MEMORY, sql_dir=sql_dir) as wh:
-        assert wh.schema_version() == 1
+        assert wh.schema_version() == SHIPPED + 1
     # An older selfexplain refuses a newer warehouse.
     with pytest.raises(WarehouseError, match="newer than this selfexplain"):
         Warehouse(db)
@@ -93,3 +95,22 @@ def test_broken_sql_file_names_the_file(tmp_path):
 def test_reader_of_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(WarehouseError, match="does not exist"):
         Warehouse(tmp_path / "nope.duckdb", read_only=True)
+
+
+def test_a_warehouse_from_before_the_round_trip_is_upgraded_in_place(tmp_path, make_results):
+    """Migration 001 (label.max_roundtrip) on a warehouse written by the release before it."""
+    from tests.sql.test_upserts import sample_rows
+
+    db = tmp_path / "old.duckdb"
+    with Warehouse(db) as wh:  # make it look like version 0: no column, no migration recorded
+        wh.write({"label": sample_rows(make_results)["label"]})
+        wh.con.execute("ALTER TABLE label DROP COLUMN max_roundtrip")
+        wh.con.execute("DELETE FROM schema_version WHERE version > 0")
+        before = wh.query("SELECT * FROM label ORDER BY feature")
+    with Warehouse(db) as wh:
+        assert wh.query("SELECT version, name FROM schema_version ORDER BY version").rows()[:2] == [
+            (0, "baseline"), (1, "label_max_roundtrip")]
+        after = wh.query("SELECT * FROM label ORDER BY feature")
+        assert after.drop("max_roundtrip").equals(before)
+        assert after["max_roundtrip"].null_count() == after.height
+        assert "max_roundtrip" in wh.query("SELECT * FROM v_feature_labels LIMIT 0").columns

@@ -186,3 +186,17 @@ def test_report_files(tmp_path) -> None:
     assert (tmp_path / "out" / "scores.png").read_bytes()[:4] == b"\x89PNG"
     table = report.text_table(summary)
     assert "95% CI" in table and "[0.790, 0.960]" in table and "chance" in table
+
+
+def test_engine_flag_precision_and_recall_on_hand_made_rows():
+    from selfexplain.evaluation.thresholds import engine_flag_summary
+
+    rows = pl.DataFrame({
+        "method": ["a"] * 5,
+        "failed": [True, True, False, False, True],
+        "hit_top3": [False, True, False, True, False],  # wrong: items 0, 2, 4
+    })
+    got = {r["metric"]: (r["value"], r["n"]) for r in engine_flag_summary(rows).to_dicts()}
+    assert got["flag_rate@engine"] == (pytest.approx(3 / 5), 5)
+    assert got["flag_precision@engine"] == (pytest.approx(2 / 3), 3)  # flagged 0, 1, 4; wrong 0, 4
+    assert got["flag_recall@engine"] == (pytest.approx(2 / 3), 3)  # wrong 0, 2, 4; flagged 0, 4

@@ -145,20 +145,20 @@ def test_real_suite_on_tiny_model(tiny_lm, tmp_path) -> None:
         "top_tokens": [[" a"], [" b"], [" c"], [" d"], [" e"], [" f"]],
         "top_contexts": [[{"text": f"x «{w}» y", "activation": 1.0}] for w in words],
     })
-    request = EvalRequest(suite="real", limit=4, null_directions=0, rerank=("consensus",),
+    request = EvalRequest(suite="real", limit=4, null_directions=0, rerank=("roundtrip",),
                           methods=("default", "vocabproj", "tokenchange", "maxact"),
                           overrides={"max_new_tokens": 3, "top_scales": 2,
                                      "samples_per_scale": 1})
     output = run_evaluation(tiny_lm, request, sae=sae, stats=stats, embedder=bag_of_words)
     items = output.items["real"]
-    assert set(items["method"]) == {"default", "default:consensus", "vocabproj", "tokenchange",
+    assert set(items["method"]) == {"default", "default:roundtrip", "vocabproj", "tokenchange",
                                     "maxact"}
     # re-ranking with the engine's own strategy reproduces its labels and recovered tokens
     own = items.filter(pl.col("method") == "default").drop("method")
-    assert own.equals(items.filter(pl.col("method") == "default:consensus").drop("method"))
+    assert own.equals(items.filter(pl.col("method") == "default:roundtrip").drop("method"))
     assert (items.group_by("method").len()["len"] == 4).all()
     assert items.filter(pl.col("method") == "maxact")["recovered_exact"].null_count() == 4
     summary = output.summary
     assert {"token_recovery", "embedding", "failure_flag_real"} <= set(summary["suite"])
     assert set(summary.filter(pl.col("metric") == "auroc")["method"]) == {
-        "default", "default:consensus", "vocabproj", "tokenchange", "maxact"}
+        "default", "default:roundtrip", "vocabproj", "tokenchange", "maxact"}

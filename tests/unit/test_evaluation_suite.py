@@ -54,7 +54,7 @@ def test_planted_suite_on_tiny_model(tiny_output) -> None:
     # the engine's own choice equals re-ranking its samples with its own strategy
     items = output.items["planted"]
     own = items.filter(pl.col("method") == "default").drop("method")
-    again = items.filter(pl.col("method") == "default:consensus").drop("method")
+    again = items.filter(pl.col("method") == "default:roundtrip").drop("method")
     assert own.equals(again)
     # the run was saved and re-scores to the same rows
     from selfexplain.evaluation.planted import load_results

@@ -66,3 +66,23 @@ def test_engine_stores_the_roundtrip_of_every_candidate_and_ranks_by_it(tiny_lm)
                 c.composite + 5.0 * c.extra["agreement"] + 10.0 * c.extra["roundtrip"], abs=1e-5)
         nonempty = [c.score for c in ranked if c.text]
         assert nonempty == sorted(nonempty, reverse=True)
+
+
+def test_failure_flag_reads_the_best_round_trip(tiny_lm):
+    directions = torch.randn(2, tiny_lm.d_model)
+
+    def run(**overrides):
+        config = ExplainConfig.from_preset("default", max_new_tokens=4, batch_rows=64, **overrides)
+        return explain_directions(tiny_lm, directions, config)
+
+    for r in run(failure_threshold=1.5):  # a cosine never reaches 1.5
+        best = max(c.extra["roundtrip"] for c in r.candidates if c.prompt == "meaning" and c.text)
+        assert r.max_roundtrip == pytest.approx(best)
+        assert r.failed and "round trip" in r.failure_reason and not r.recovered_reliable
+    for r in run(failure_threshold=-1.5):
+        assert not r.failed and r.failure_reason is None
+        assert r.recovered_reliable == (r.recovered_token is not None)
+    # the post's flag is still there, and the faithful preset uses it
+    assert ExplainConfig.from_preset("faithful").failure_metric == "selfsim"
+    for r in run(failure_metric="selfsim", failure_threshold=10.0):
+        assert r.failed and "self-similarity" in r.failure_reason

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "maxact (default: all)")
     parser.add_argument("--rerank", default=None,
                         help="selection strategies re-scored on the same samples "
-                        "(default: composite,selfsim,entropy,consensus; 'none' to skip)")
+                        "(default: composite,selfsim,entropy,consensus,roundtrip; 'none' to skip)")
     parser.add_argument("--no-classes", action="store_true", help="planted: words only")
     parser.add_argument("--no-scale-quality", action="store_true",
                         help="skip the best-scale check (label NLL per scale)")

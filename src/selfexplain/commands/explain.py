@@ -34,12 +34,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", help="metric grid: 0,10,20 or start:stop:count (in the preset's unit)")
     parser.add_argument("--scale-unit", choices=["absolute", "relative"])
     parser.add_argument("--samples", type=int, help="samples per generation scale")
-    parser.add_argument("--selection", choices=["composite", "selfsim", "entropy", "consensus"])
+    parser.add_argument("--selection", choices=["composite", "selfsim", "entropy", "consensus", "roundtrip"])
     parser.add_argument("--seed", type=int)
     parser.add_argument("--placeholder")
     parser.add_argument("--injection-layer", type=int)
     parser.add_argument("--probe-layer", type=int)
     parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--failure-metric", choices=["selfsim", "roundtrip"],
+                        help="what the failure flag reads (default: roundtrip; faithful: selfsim)")
     parser.add_argument("--failure-threshold", type=float)
 
 
@@ -57,6 +59,7 @@ def config_from_args(args: argparse.Namespace):
         injection_layer=args.injection_layer,
         probe_layer=args.probe_layer,
         max_new_tokens=args.max_new_tokens,
+        failure_metric=args.failure_metric,
         failure_threshold=args.failure_threshold,
     )
 

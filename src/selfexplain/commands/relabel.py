@@ -10,7 +10,7 @@ from pathlib import Path
 from selfexplain.commands.explain import add_config_arguments
 
 OVERRIDE_FLAGS = ("scale_unit", "selection", "placeholder", "injection_layer", "probe_layer",
-                  "max_new_tokens", "failure_threshold")
+                  "max_new_tokens", "failure_metric", "failure_threshold")
 """Engine flags that travel in the request's `overrides` (preset/scales/samples/seed have fields)."""
 
 

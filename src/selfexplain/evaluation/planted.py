@@ -267,5 +267,6 @@ def _feature_from_dict(data: dict) -> FeatureExplanation:
         failed=data["failed"], failure_reason=data["failure_reason"],
         max_selfsim=data["max_selfsim"], max_selfsim_repeat=data["max_selfsim_repeat"],
         candidates=candidates, sweeps=[Sweep(**s) for s in data["sweeps"]],
+        max_roundtrip=data.get("max_roundtrip"),
         seconds=data.get("seconds", 0.0),
     )

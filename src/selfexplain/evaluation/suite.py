@@ -32,7 +32,7 @@ SELF_METHODS = ("default", "faithful")
 BASELINES = ("vocabproj", "tokenchange", "maxact")
 ALL_METHODS = SELF_METHODS + BASELINES
 DEFAULT_METHODS = ("default", "faithful", "vocabproj", "tokenchange", "maxact")
-RERANK_STRATEGIES = ("composite", "selfsim", "entropy", "consensus")
+RERANK_STRATEGIES = ("composite", "selfsim", "entropy", "consensus", "roundtrip")
 """Selection strategies re-scored on each self-explanation run's samples (no re-sampling)."""
 
 
@@ -231,8 +231,10 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
         out.settings[method] = config.settings_hash()
         rows = run.frame(method)
         frames.append(rows)
+        own = [rows]
         if request.rerank:
-            frames.append(run.strategies(list(request.rerank), prefix=f"{method}:"))
+            own.append(run.strategies(list(request.rerank), prefix=f"{method}:"))
+            frames.append(own[-1])
         out.curves[method] = scale_quality.scale_curves(run.results, concepts)
         _timed(out, f"planted/{method}", began)
         if request.scale_quality:
@@ -247,6 +249,8 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
                 entropy_metric=config.entropy_metric)
             scale_frames.append(part.with_columns(pl.lit(method).alias("run")))
             _timed(out, f"scale_quality/{method}", began)
+        flag_frames.append(thresholds.engine_flag_summary(  # the flag the engine stores
+            pl.concat(own).filter(pl.col("kind") == "word"), outcome="hit_top3", split=split))
         threshold = _null_threshold(out, request, explainer, method, config.injection_layer, log)
         if threshold is not None:
             words_rows = rows.filter(pl.col("kind") == "word")
@@ -369,6 +373,8 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         out.settings[method] = config.settings_hash()
         _timed(out, f"real/{method}", began)
         verdict = rows.with_columns((pl.col("sim_own") > pl.col("sim_other")).alias("embed_win"))
+        flag_frames.append(thresholds.engine_flag_summary(
+            verdict, outcome="embed_win", split="real", suite="failure_flag_real"))
         named = {"0.01": thresholds.POST_THRESHOLD}
         layer = sae.resid_layer if sae.resid_layer is not None else config.injection_layer
         threshold = _null_threshold(out, request, explainer, method, layer, log)

@@ -140,6 +140,28 @@ def flag_summary(rows: pl.DataFrame, thresholds: dict[str, float], *, outcome: s
     return summary_frame(out)
 
 
+def engine_flag_summary(rows: pl.DataFrame, *, outcome: str = "hit_top3",
+                        split: str | None = None, suite: str = SUITE) -> pl.DataFrame:
+    """Precision and recall of the engine's own `failed` flag (whatever its metric), per method.
+
+    Metrics `flag_rate@engine`, `flag_precision@engine` (P(wrong | flagged)) and
+    `flag_recall@engine` (P(flagged | wrong)), with Wilson intervals.
+    """
+    out = []
+    usable = rows.filter(pl.col("failed").is_not_null() & pl.col(outcome).is_not_null())
+    for (method,), group in usable.group_by(["method"], maintain_order=True):
+        flagged, good = group["failed"].to_list(), group[outcome].to_list()
+        tp = sum(f and not g for f, g in zip(flagged, good))
+        n_wrong = sum(not g for g in good)
+        for metric, k, n in (("flag_rate", sum(flagged), len(flagged)),
+                             ("flag_precision", tp, sum(flagged)), ("flag_recall", tp, n_wrong)):
+            low, high = wilson(int(k), int(n)) if n else (float("nan"), float("nan"))
+            out.append(summary_row(suite, str(method), f"{metric}@engine",
+                                   k / n if n else float("nan"), int(n), low, high, split,
+                                   {"outcome": outcome}))
+    return summary_frame(out)
+
+
 def selfsim_aurocs(rows: pl.DataFrame, null: Sequence[float], *, method: str,
                    outcome: str = "hit_top3", split: str | None = None,
                    suite: str = SUITE) -> pl.DataFrame:
