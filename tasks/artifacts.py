@@ -123,7 +123,7 @@ def publish_artifacts(summary: dict[str, object], labels: pl.DataFrame, sweeps: 
                           description=f"labels of run {summary['run_id']}")
     failures = labels.filter(pl.col("failed"))
     create_table_artifact(table_rows(failures.select(
-        [c for c in ("feature", "failure_reason", "max_selfsim", "max_selfsim_repeat", "label",
+        [c for c in ("feature", "failure_reason", "max_roundtrip", "max_selfsim", "label",
                      "recovered_token") if c in failures.columns])) or [{"feature": None}],
         key=artifact_key(base, "failures"), description=f"{failures.height} failed or skipped")
     png_path = data_url = None

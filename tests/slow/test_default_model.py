@@ -58,6 +58,11 @@ def test_planted_words_are_named_far_more_often_than_random_directions(default_l
     got_random = explainer.explain(random, list(range(len(WORDS))), WORDS)
     hits_planted = sum(_named(w, [c.text for c in r.explanations]) for w, r in zip(WORDS, got_planted))
     hits_random = sum(_named(w, [c.text for c in r.explanations]) for w, r in zip(WORDS, got_random))
-    print(f"planted {hits_planted}/{len(WORDS)}, random {hits_random}/{len(WORDS)}")
+    flagged_planted = sum(r.failed for r in got_planted)
+    flagged_random = sum(r.failed for r in got_random)
+    print(f"planted {hits_planted}/{len(WORDS)}, random {hits_random}/{len(WORDS)}; flagged as "
+          f"failures: planted {flagged_planted}, random {flagged_random}")
     assert hits_planted >= 4
     assert hits_planted >= 3 * hits_random + 2
+    # the round-trip failure flag: random directions read back as nothing
+    assert flagged_random >= flagged_planted + len(WORDS) // 2

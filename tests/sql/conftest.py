@@ -13,7 +13,8 @@ SCALES = [0.0, 10.0, 20.0, 30.0]
 def make_feature(feature: int, *, failed: bool = False, label: str = "a word") -> FeatureExplanation:
     """A plausible FeatureExplanation with two meaning and one repeat candidate."""
     meaning = [
-        Candidate("meaning", f"{label} {feature}", 20.0, 0, 0.9, 0.95, 0, True, {"agreement": 0.5}),
+        Candidate("meaning", f"{label} {feature}", 20.0, 0, 0.9, 0.95, 0, True,
+                  {"agreement": 0.5, "roundtrip": 0.75}),
         Candidate("meaning", f"something else {feature}", 10.0, 0, 0.4, 0.35, 1, False, {}),
     ]
     repeat = [Candidate("repeat", f"tok{feature}", 30.0, 0, 0.7, 0.7, 0, True, {})]
@@ -27,7 +28,7 @@ def make_feature(feature: int, *, failed: bool = False, label: str = "a word") -
         recovered_token=f"tok{feature}", recovered_reliable=not failed, failed=failed,
         failure_reason="max self-similarity 0.004 < 0.01" if failed else None,
         max_selfsim=0.004 if failed else 0.05, max_selfsim_repeat=0.03,
-        candidates=meaning + repeat, sweeps=sweeps, seconds=1.5,
+        candidates=meaning + repeat, sweeps=sweeps, seconds=1.5, max_roundtrip=0.75,
     )
 
 

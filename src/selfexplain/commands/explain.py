@@ -128,10 +128,13 @@ def run(args: argparse.Namespace) -> int:
 def format_result(result) -> str:
     """A few human lines per feature: top explanations, recovered token, failure flag."""
     status = f"FAILED ({result.failure_reason})" if result.failed else "ok"
-    lines = [f"{result.name}  [{status}, max selfsim {result.max_selfsim:.3f}, "
+    trip = "" if result.max_roundtrip is None else f", best round trip {result.max_roundtrip:.3f}"
+    lines = [f"{result.name}  [{status}, max selfsim {result.max_selfsim:.3f}{trip}, "
              f"{result.seconds:.1f}s]"]
     for i, cand in enumerate(result.explanations, 1):
-        lines.append(f"  {i}. {cand.text!r}  (scale {cand.scale:.1f}, composite {cand.composite:.3f})")
+        extra = f", round trip {cand.extra['roundtrip']:.3f}" if "roundtrip" in cand.extra else ""
+        lines.append(f"  {i}. {cand.text!r}  (scale {cand.scale:.1f}, composite "
+                     f"{cand.composite:.3f}{extra})")
     if not result.explanations:
         lines.append("  (no non-empty explanation sampled)")
     reliable = "reliable" if result.recovered_reliable else "unreliable"
