@@ -19,7 +19,7 @@ from selfexplain.runlock import writer_lock
 from selfexplain.saes import check_features
 from selfexplain.warehouse import MEMORY, frame, utc_now
 from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
-from tasks.explain import ShardRows, explain_shard, prepare_engine_task
+from tasks.explain import ShardRows, explain_shard, prepare_engine_task, resolve_layer_threshold
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
 from tasks.sae import load_sae_info, sae_feature_stats
 from tasks.store import (
@@ -76,6 +76,10 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
     sae = load_sae_info(request.sae)
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
+    if request.layer_threshold:
+        request = resolve_layer_threshold(request, sae)
+        print(f"failure threshold {request.config().failure_threshold:g} "
+              f"({request.config().failure_metric}): the null drawn for this model and layer")
     request_hash = request.request_hash(sae.release, sae.sae_id)
     parquet = request.out_dir is not None
 

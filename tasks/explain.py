@@ -57,6 +57,28 @@ def prepare_engine(request: RelabelRequest) -> None:
     cached_explainer(request.model, request.config())
 
 
+def resolve_layer_threshold(request: RelabelRequest, sae: SaeInfo) -> RelabelRequest:
+    """With `layer_threshold`, the request with the stored null threshold of this model, SAE
+    layer and settings as its failure threshold; a clear error when none was drawn yet."""
+    from selfexplain.errors import InputError
+    from tasks.store import layer_threshold
+
+    if not request.layer_threshold:
+        return request
+    config = request.config()
+    lm = cached_model(request.model)
+    layer = sae.resid_layer if sae.resid_layer is not None else config.injection_layer
+    value = layer_threshold(request.warehouse, model_id=lm.model_id,
+                            model_revision=lm.revision, layer=layer, null_hash=config.null_hash())
+    if value is None:
+        raise InputError(
+            f"no failure threshold stored for {lm.model_id} at layer {layer} with these settings "
+            f"in {request.warehouse}: run `selfexplain evaluate --suite real --sae {request.sae} "
+            f"--null 100 --warehouse {request.warehouse}` with the same preset and engine flags "
+            "first, or drop --layer-threshold")
+    return request.with_threshold(value)
+
+
 @task(name="prepare-engine", cache_policy=NO_CACHE, persist_result=False)
 def prepare_engine_task(request: RelabelRequest) -> None:
     """Check that model, SAE and settings fit together before anything is written."""

@@ -46,13 +46,24 @@ class RelabelRequest(BaseModel):
     out_dir: str | None = None
     """Parquet mode: shards write Parquet under this folder and the warehouse is not written;
     `flows/merge.py` upserts them later (scale-out)."""
+    layer_threshold: bool = False
+    """Flag failures with the threshold `selfexplain evaluate --null N --warehouse W` drew for
+    this model, SAE layer and settings (a null of random directions), not a fixed number."""
 
     @model_validator(mode="after")
     def _valid(self) -> "RelabelRequest":
         if not self.all_features:
             parse_features(self.features)
         self.config()
+        if self.layer_threshold and "failure_threshold" in self.overrides:
+            raise ValueError("give --failure-threshold or --layer-threshold, not both")
         return self
+
+    def with_threshold(self, threshold: float) -> "RelabelRequest":
+        """This request with a resolved layer threshold (part of its hash from then on)."""
+        return self.model_copy(update={
+            "overrides": {**self.overrides, "failure_threshold": threshold},
+            "layer_threshold": False})
 
     @classmethod
     def build(cls, **fields: Any) -> "RelabelRequest":

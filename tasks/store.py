@@ -123,3 +123,18 @@ def read_labels(warehouse: str, release: str, sae_id: str, features: list[int],
             "AND feature IN (SELECT unnest(?::INTEGER[])) ORDER BY feature, prompt, scale",
             [release, sae_id, shown])
     return labels, sweeps
+
+
+def layer_threshold(warehouse: str, *, model_id: str, model_revision: str, layer: int,
+                    null_hash: str) -> float | None:
+    """The newest failure threshold `evaluate --null N --warehouse W` stored for this model,
+    layer and engine settings (meaning prompt), or None."""
+    if warehouse == ":memory:" or not Path(warehouse).is_file():
+        return None
+    with _WRITER, Warehouse(warehouse, wait_s=10) as wh:
+        rows = wh.query(
+            "SELECT threshold FROM layer_threshold WHERE model_id = ? AND model_revision = ? "
+            "AND layer = ? AND settings_hash = ? AND prompt = 'meaning' "
+            "ORDER BY computed_at DESC LIMIT 1",
+            [model_id, model_revision, layer, null_hash])
+    return None if rows.height == 0 else float(rows["threshold"][0])

@@ -142,6 +142,16 @@ class ExplainConfig(BaseModel):
             where = ".".join(str(p) for p in first["loc"]) or "config"
             raise InputError(f"invalid {where}: {first['msg']}") from None
 
+    def null_hash(self) -> str:
+        """Hash of the settings a failure-threshold null depends on: everything but the threshold
+        itself, the ranking (the null reads the best of all candidates) and the batch size. It
+        keys `layer_threshold` rows, so `relabel --layer-threshold` finds what `evaluate` drew."""
+        import hashlib
+
+        kept = self.model_dump_json(exclude={"preset", "failure_threshold", "batch_rows", "top_n",
+                                             "selection", "consensus_weight", "roundtrip_weight"})
+        return hashlib.sha256(kept.encode()).hexdigest()[:16]
+
     def settings_hash(self) -> str:
         """Stable short hash of every setting except the seed's presentation; used in cache keys."""
         import hashlib

@@ -47,7 +47,10 @@ def test_evaluate_flow_stores_rows_report_and_reruns_idempotently(tmp_path, tiny
     assert set(rows["sae_id"]) == {"words_dev"} and set(rows["release"]) == {"planted"}
     hits = rows.filter((pl.col("suite") == "planted") & (pl.col("metric") == "hit_top3"))
     assert sorted(hits["method"]) == ["default", "default", "vocabproj", "vocabproj"]  # x words
-    assert first["layer_threshold"].height == result["stored"]["layer_threshold"] == 2
+    # the default flag reads the round trip: one null (the meaning prompt's best round trip)
+    thresholds = first["layer_threshold"]
+    assert thresholds.height == result["stored"]["layer_threshold"] == 1
+    assert thresholds["prompt"].to_list() == ["meaning"]
 
     # the view and the flow's summary agree: counts, means and Wilson intervals
     summary = pl.DataFrame(result["summary"]).filter(pl.col("suite") == "planted")
@@ -85,5 +88,5 @@ def test_evaluate_flow_stores_rows_report_and_reruns_idempotently(tmp_path, tiny
     assert second["eval_result"].height == rows.height
     key = ["suite", "release", "sae_id", "feature", "method", "metric"]
     assert second["eval_result"].select(key).equals(rows.select(key))
-    assert second["layer_threshold"].height == 2
+    assert second["layer_threshold"].height == 1
     assert second["v_eval_summary"].height == first["v_eval_summary"].height

@@ -32,7 +32,7 @@ def test_explain_returns_ranked_candidates_for_every_family(tiny_lm_any):
         scores = [c.score for c in r.explanations]
         assert scores == sorted(scores, reverse=True)
         assert all(c.scale >= explainer.min_scale for c in r.explanations)
-        assert r.failed == (r.max_selfsim < 0.01)
+        assert r.failed == (r.max_roundtrip < explainer.config.failure_threshold)
         assert len(r.sweeps) == 2 and len(r.sweeps[0].scales) == 4
 
 

@@ -139,14 +139,24 @@ def test_threshold_null_is_seeded_and_flags_are_scored(tiny_lm, explainer) -> No
     assert not torch.equal(a, thresholds.null_directions(explainer, 6, seed=4))
     res = thresholds.null_directions(explainer, 4, seed=0, kind="residual", layer=3)
     assert res.shape == (4, tiny_lm.d_model)
-    null = thresholds.null_distribution(explainer, 8, seed=0)
+    # the post's flag: max self-similarity of both prompts, metric pass only
+    post = SelfExplainer(tiny_lm, explainer.config.model_copy(update={"failure_metric": "selfsim"}))
+    null = thresholds.null_distribution(post, 8, seed=0)
     assert set(null) == {"meaning", "repeat"} and null["meaning"].shape == (8,)
     # the metric-only pass agrees with the engine's own sweep
-    results = explainer.explain(a[:2], [0, 1])
-    direct = thresholds.max_selfsim(explainer, a[:2], "meaning")
+    results = post.explain(a[:2], [0, 1])
+    direct = thresholds.max_selfsim(post, a[:2], "meaning")
     assert torch.allclose(direct, torch.tensor([r.max_selfsim for r in results]), atol=1e-5)
-    rows = thresholds.threshold_rows(explainer, null, layer=2)
+    rows = thresholds.threshold_rows(post, null, layer=2)
     assert rows.height == 2 and (rows["n_null"] == 8).all()
+    assert set(rows["settings_hash"]) == {post.config.null_hash()}
+    # the round-trip flag: the best round trip of each null direction's explanations
+    trips = thresholds.null_distribution(explainer, 3, seed=0)
+    assert set(trips) == {"meaning"}
+    again = explainer.explain(thresholds.null_directions(explainer, 3, seed=0),
+                              list(range(thresholds.NULL_FEATURE_BASE,
+                                         thresholds.NULL_FEATURE_BASE + 3)))
+    assert trips["meaning"].tolist() == pytest.approx([r.max_roundtrip for r in again])
     q = float(torch.quantile(null["meaning"].double(), 0.95))
     assert math.isclose(rows.filter(pl.col("prompt") == "meaning")["threshold"][0], q)
 

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="every latent of the SAE (overrides --features)")
     parser.add_argument("--warehouse", default="warehouse.duckdb", help="DuckDB file")
     parser.add_argument("--shard-size", type=int, default=8, help="features per shard (task)")
+    parser.add_argument("--layer-threshold", action="store_true",
+                        help="flag failures with the threshold `selfexplain evaluate --null N "
+                        "--warehouse W` drew for this model, layer and settings")
     parser.add_argument("--out-dir", help="scale-out: write Parquet shards here instead of the "
                         "warehouse; `selfexplain import --shards DIR` merges them")
     add_config_arguments(parser)
@@ -44,7 +47,7 @@ def build_request(args: argparse.Namespace):
         model=args.model, sae=args.sae, features=args.features, all_features=args.all_features,
         preset=args.preset, scales=args.scales, samples=args.samples, seed=args.seed,
         overrides=overrides, warehouse=str(Path(args.warehouse).expanduser().resolve()),
-        shard_size=args.shard_size,
+        shard_size=args.shard_size, layer_threshold=args.layer_threshold or None,
         out_dir=str(Path(args.out_dir).resolve()) if args.out_dir else None,
     )
 
@@ -63,6 +66,10 @@ def preflight(request) -> None:
     sae = sae_info(request.sae)
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
+    if request.layer_threshold:  # none stored yet: say so before anything starts
+        from tasks.explain import resolve_layer_threshold
+
+        request = resolve_layer_threshold(request, sae)
     warehouse = None if request.out_dir is not None else Path(request.warehouse)
     stored: set[int] = set()
     if warehouse is not None and warehouse.exists():  # busy, foreign or damaged: say so now

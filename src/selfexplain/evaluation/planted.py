@@ -45,7 +45,8 @@ ROW_SCHEMA = {
     "kind": pl.String, "pos": pl.String, "split": pl.String, "hit_top1": pl.Boolean,
     "hit_top3": pl.Boolean, "hit_any": pl.Boolean, "n_any": pl.Int64,
     "recovered_exact": pl.Boolean, "recovered_match": pl.Boolean, "failed": pl.Boolean,
-    "max_selfsim": pl.Float64, "matched": pl.String, "labels": pl.List(pl.String),
+    "max_selfsim": pl.Float64, "max_roundtrip": pl.Float64, "matched": pl.String,
+    "labels": pl.List(pl.String),
     "recovered": pl.String,
 }
 """One row per (method, concept): the per-item result frame of this suite."""
@@ -56,6 +57,7 @@ def score_labels(labels: Sequence[Sequence[str]], concepts: Sequence[Concept], *
                  recovered: Sequence[str | None] | None = None,
                  failed: Sequence[bool | None] | None = None,
                  max_selfsim: Sequence[float | None] | None = None,
+                 max_roundtrip: Sequence[float | None] | None = None,
                  top_n: int = 3) -> pl.DataFrame:
     """Score any method's ranked labels (best first) against the concepts' answers.
 
@@ -90,6 +92,7 @@ def score_labels(labels: Sequence[Sequence[str]], concepts: Sequence[Concept], *
             else token is not None and names_any(token, concept.answers, pos) is not None,
             failed=None if failed is None else failed[i],
             max_selfsim=None if max_selfsim is None else max_selfsim[i],
+            max_roundtrip=None if max_roundtrip is None else max_roundtrip[i],
             matched=matched, labels=list(ranked[:top_n]), recovered=token,
         ))
     return pl.DataFrame(rows, schema=ROW_SCHEMA, orient="row")
@@ -103,7 +106,7 @@ def score_planted(results: Sequence[FeatureExplanation], concepts: Sequence[Conc
         samples=[[c.text for c in fe.candidates if c.prompt == MEANING] for fe in results],
         recovered=[fe.recovered_token for fe in results],
         failed=[fe.failed for fe in results], max_selfsim=[fe.max_selfsim for fe in results],
-        top_n=top_n,
+        max_roundtrip=[fe.max_roundtrip for fe in results], top_n=top_n,
     )
 
 
@@ -167,7 +170,8 @@ def score_strategies(results: Sequence[FeatureExplanation], concepts: Sequence[C
             labels, concepts, method=prefix + name,
             samples=[[c.text for c in fe.candidates if c.prompt == MEANING] for fe in results],
             recovered=recovered, failed=[fe.failed for fe in results],
-            max_selfsim=[fe.max_selfsim for fe in results], top_n=top_n,
+            max_selfsim=[fe.max_selfsim for fe in results],
+            max_roundtrip=[fe.max_roundtrip for fe in results], top_n=top_n,
         ))
     return pl.concat(frames)
 

@@ -48,7 +48,7 @@ ROW_SCHEMA = {
     "recovered": pl.String,
     "recovered_exact": pl.Boolean, "label_names_token": pl.Boolean, "sim_own": pl.Float64,
     "sim_other": pl.Float64, "other_feature": pl.Int64, "failed": pl.Boolean,
-    "max_selfsim": pl.Float64,
+    "max_selfsim": pl.Float64, "max_roundtrip": pl.Float64,
 }
 
 
@@ -122,7 +122,9 @@ def score_real(method: str, features: Sequence[int], labels: Sequence[str | None
                embedder: Callable[[Sequence[str]], Tensor], *, seed: int = 0,
                top_labels: Sequence[Sequence[str]] | None = None,
                failed: Sequence[bool] | None = None,
-               max_selfsim: Sequence[float] | None = None, n_contexts: int = 10) -> pl.DataFrame:
+               max_selfsim: Sequence[float] | None = None,
+               max_roundtrip: Sequence[float | None] | None = None,
+               n_contexts: int = 10) -> pl.DataFrame:
     """Per feature: token recovery (if single-token) and own/other context similarity of `labels`.
 
     `labels[i]` is the method's label text for `features[i]` (None: no label); `recovered[i]` its
@@ -165,6 +167,7 @@ def score_real(method: str, features: Sequence[int], labels: Sequence[str | None
             sim_own=own, sim_other=other, other_feature=other_of.get(f),
             failed=None if failed is None else failed[i],
             max_selfsim=None if max_selfsim is None else max_selfsim[i],
+            max_roundtrip=None if max_roundtrip is None else max_roundtrip[i],
         ))
     return pl.DataFrame(rows, schema=ROW_SCHEMA, orient="row")
 
@@ -175,7 +178,8 @@ def selfexplain_inputs(results: Sequence[FeatureExplanation]) -> dict[str, list]
                 recovered=[fe.recovered_token for fe in results],
                 top_labels=[[c.text for c in fe.explanations] for fe in results],
                 failed=[fe.failed for fe in results],
-                max_selfsim=[fe.max_selfsim for fe in results])
+                max_selfsim=[fe.max_selfsim for fe in results],
+                max_roundtrip=[fe.max_roundtrip for fe in results])
 
 
 def reranked_inputs(results: Sequence[FeatureExplanation], strategy: str, *, min_scale: float,
@@ -192,7 +196,8 @@ def reranked_inputs(results: Sequence[FeatureExplanation], strategy: str, *, min
     return dict(features=[fe.feature for fe in results],
                 labels=[t[0] if t else None for t in tops], recovered=recovered, top_labels=tops,
                 failed=[fe.failed for fe in results],
-                max_selfsim=[fe.max_selfsim for fe in results])
+                max_selfsim=[fe.max_selfsim for fe in results],
+                max_roundtrip=[fe.max_roundtrip for fe in results])
 
 
 def label_target_similarity(method: str, names: Sequence[str], labels: Sequence[str | None],

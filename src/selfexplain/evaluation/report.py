@@ -3,7 +3,7 @@
 - `scores.png`: per suite, one bar per method and metric with its 95% interval (Wilson for
   proportions, Hanley-McNeil for AUROC, normal for means);
 - `scale_curves.png`: mean self-similarity, entropy, composite and the hit rate against the scale;
-- `null_hist.png`: the null distribution of max self-similarity per prompt with its threshold and
+- `null_hist.png`: the null distribution of the failure score per prompt with its threshold and
   the post's 0.01, next to the evaluated items' values.
 """
 
@@ -149,7 +149,8 @@ def plot_scale_curves(curves: Mapping[str, pl.DataFrame], path: Path) -> Path | 
 def plot_null(null: Mapping[str, Sequence[float]], thresholds: Mapping[str, float],
               observed: Mapping[str, Sequence[float]] | None, path: Path,
               post_threshold: float = 0.01) -> Path | None:
-    """Histogram of the null's max self-similarity per prompt, with thresholds and observed values."""
+    """Histogram of the null's failure score (max self-similarity or best round trip) per
+    prompt, with thresholds and observed values."""
     if not null:
         return None
     plt = _pyplot()
@@ -163,7 +164,7 @@ def plot_null(null: Mapping[str, Sequence[float]], thresholds: Mapping[str, floa
             ax.axvline(thresholds[prompt], color="k", linestyle="--",
                        label=f"null 95th pct {thresholds[prompt]:.3f}")
         ax.axvline(post_threshold, color="r", linestyle=":", label=f"post {post_threshold}")
-        ax.set_title(f"max self-similarity, {prompt} prompt")
+        ax.set_title(f"failure score, {prompt}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -185,7 +186,7 @@ def write_report(out_dir: str | Path, summary: pl.DataFrame, *, title: str = "Ev
     images = [
         ("Scores by method (95% intervals)", plot_scores(summary, out / "scores.png")),
         ("Score vs scale", plot_scale_curves(curves or {}, out / "scale_curves.png")),
-        ("Null distribution of max self-similarity",
+        ("Null distribution of the failure score",
          plot_null(null or {}, thresholds or {}, observed, out / "null_hist.png")),
     ]
     summary.write_csv(out / "summary.csv")

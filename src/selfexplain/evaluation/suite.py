@@ -115,11 +115,12 @@ class EvalOutput:
 
     @property
     def null_frame(self) -> pl.DataFrame:
-        """The null draws as rows (`prompt (method)`, index, max_selfsim), for the report folder."""
-        rows = [dict(null=key, index=i, max_selfsim=v)
+        """The null draws as rows (`prompt (method)`, index, score: the failure metric of that
+        method's config, max self-similarity or best round trip), for the report folder."""
+        rows = [dict(null=key, index=i, score=v)
                 for key, values in self.null.items() for i, v in enumerate(values)]
         return pl.DataFrame(rows, schema={"null": pl.String, "index": pl.Int64,
-                                          "max_selfsim": pl.Float64}, orient="row")
+                                          "score": pl.Float64}, orient="row")
 
     @property
     def layer_thresholds(self) -> pl.DataFrame:
@@ -170,6 +171,14 @@ def _progress(log: Log, what: str, total: int) -> Callable[[int], None]:
 
 def _null_name(request: EvalRequest) -> str:
     return f"null{int(round(request.threshold_quantile * 100))}"
+
+
+def _flag_basis(config) -> tuple[str, dict[str, float]]:
+    """The score column the config's failure flag reads, and its fixed threshold by name (the
+    post's 0.01 for self-similarity, the configured one for the round trip)."""
+    if config.failure_metric == "roundtrip":
+        return "max_roundtrip", {f"{config.failure_threshold:g}": config.failure_threshold}
+    return "max_selfsim", {"0.01": thresholds.POST_THRESHOLD}
 
 
 def _null_threshold(out: EvalOutput, request: EvalRequest, explainer, method: str, layer: int,
@@ -253,13 +262,15 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
             pl.concat(own).filter(pl.col("kind") == "word"), outcome="hit_top3", split=split))
         threshold = _null_threshold(out, request, explainer, method, config.injection_layer, log)
         if threshold is not None:
+            score, named = _flag_basis(config)
             words_rows = rows.filter(pl.col("kind") == "word")
-            out.observed[f"meaning ({method}) planted words"] = words_rows["max_selfsim"].to_list()
+            out.observed[f"meaning ({method}) planted words"] = words_rows[score].to_list()
             flag_frames.append(thresholds.flag_summary(
-                words_rows, {"0.01": thresholds.POST_THRESHOLD, _null_name(request): threshold},
-                outcome="hit_top3", split=split))
+                words_rows, {**named, _null_name(request): threshold},
+                outcome="hit_top3", split=split, score=score))
             flag_frames.append(thresholds.selfsim_aurocs(
-                words_rows, out.null[f"meaning ({method})"], method=method, split=split))
+                words_rows, out.null[f"meaning ({method})"], method=method, split=split,
+                score=score))
 
     baseline_methods = [m for m in request.methods if m in ("vocabproj", "tokenchange")]
     if baseline_methods:
@@ -375,18 +386,18 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         verdict = rows.with_columns((pl.col("sim_own") > pl.col("sim_other")).alias("embed_win"))
         flag_frames.append(thresholds.engine_flag_summary(
             verdict, outcome="embed_win", split="real", suite="failure_flag_real"))
-        named = {"0.01": thresholds.POST_THRESHOLD}
+        score, named = _flag_basis(config)
         layer = sae.resid_layer if sae.resid_layer is not None else config.injection_layer
         threshold = _null_threshold(out, request, explainer, method, layer, log)
         if threshold is not None:
             named[_null_name(request)] = threshold
-            out.observed[f"meaning ({method}) SAE features"] = rows["max_selfsim"].to_list()
+            out.observed[f"meaning ({method}) SAE features"] = rows[score].to_list()
         flag_frames.append(thresholds.flag_summary(verdict, named, outcome="embed_win",
-                                                   split="real").with_columns(
+                                                   split="real", score=score).with_columns(
             pl.lit("failure_flag_real").alias("suite")))
         flag_frames.append(thresholds.selfsim_aurocs(
             verdict, out.null.get(f"meaning ({method})", []), method=method, outcome="embed_win",
-            split="real", suite="failure_flag_real"))
+            split="real", suite="failure_flag_real", score=score))
     directions, kept, _ = sae.unit_directions(features)
     layer = _config("default", request).injection_layer
     for method in (m for m in request.methods if m in BASELINES):
@@ -418,10 +429,10 @@ EVAL_RESULT_SCHEMA = {
 }
 _ITEM_METRICS = {
     "planted": ("hit_top1", "hit_top3", "hit_any", "recovered_exact", "recovered_match",
-                "failed", "max_selfsim"),
+                "failed", "max_selfsim", "max_roundtrip"),
     "scale_selection": ("top3_exact", "top3_near", "best_scale"),
     "real": ("recovered_exact", "label_names_token", "sim_own", "sim_other", "failed",
-             "max_selfsim"),
+             "max_selfsim", "max_roundtrip"),
     "planted_embedding": ("sim_own", "sim_other"),
     "judge": ("judge_match",),
 }

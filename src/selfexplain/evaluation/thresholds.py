@@ -1,8 +1,9 @@
-"""Calibrated failure detection: a null of max self-similarity from random directions, per layer.
+"""Calibrated failure detection: a null of the failure metric from random directions, per layer.
 
-For each layer, seeded random unit directions go through the engine's metric pass (no sampling) and
-their maximum self-similarity over the scale grid forms the null. The threshold is its 95th
-percentile: a feature whose curve never rises above what a random direction reaches is flagged.
+For each layer, seeded random unit directions go through the engine and the metric its failure flag
+reads forms the null: the maximum self-similarity over the scale grid (metric pass only, both
+prompts), or the best round trip of a meaning candidate (a full explanation run). The threshold is
+the null's 95th percentile: a feature that reads no better than a random direction is flagged.
 Two nulls:
 - `isotropic`: Gaussian directions in the full residual space (layer-independent);
 - `residual`: random combinations of centred residuals of reference words at `layer` (the SAE's
@@ -77,10 +78,20 @@ def max_selfsim(explainer: SelfExplainer, directions: Tensor, kind: str) -> Tens
     return torch.cat(out)
 
 
+NULL_FEATURE_BASE = 1 << 30
+"""Feature ids of null directions (they seed the sampling), apart from any SAE's latents."""
+
+
 def null_distribution(explainer: SelfExplainer, n: int = 200, *, seed: int = 0,
                       kind: str = "isotropic", layer: int | None = None) -> dict[str, Tensor]:
-    """Per prompt (meaning, repeat if configured): max self-similarity of `n` null directions."""
+    """The failure metric of `n` null directions, per prompt: max self-similarity (meaning, and
+    repeat if configured), or the best round trip of the meaning prompt's candidates."""
     directions = null_directions(explainer, n, seed=seed, kind=kind, layer=layer)
+    if explainer.config.failure_metric == "roundtrip":
+        ids = list(range(NULL_FEATURE_BASE + seed * n, NULL_FEATURE_BASE + (seed + 1) * n))
+        results = explainer.explain(directions, ids)
+        return {"meaning": torch.tensor([-1.0 if r.max_roundtrip is None else r.max_roundtrip
+                                         for r in results])}
     return {prompt: max_selfsim(explainer, directions, prompt) for prompt in explainer.states}
 
 
@@ -94,7 +105,7 @@ def threshold_rows(explainer: SelfExplainer, null: dict[str, Tensor], *, layer: 
         values = values.double()
         rows.append(dict(
             model_id=lm.model_id, model_revision=lm.revision, layer=layer,
-            settings_hash=explainer.config.settings_hash(), prompt=prompt,
+            settings_hash=explainer.config.null_hash(), prompt=prompt,
             threshold=float(torch.quantile(values, quantile)), quantile=quantile,
             n_null=int(values.numel()), null_mean=float(values.mean()),
             null_std=float(values.std()) if values.numel() > 1 else 0.0, computed_at=now,
@@ -102,10 +113,10 @@ def threshold_rows(explainer: SelfExplainer, null: dict[str, Tensor], *, layer: 
     return pl.DataFrame(rows, schema=THRESHOLD_SCHEMA, orient="row")
 
 
-def flag_quality(max_selfsim: Sequence[float], correct: Sequence[bool], threshold: float
+def flag_quality(scores: Sequence[float], correct: Sequence[bool], threshold: float
                  ) -> dict[str, float | int]:
-    """Precision and recall of `max_selfsim < threshold` as a detector of wrong labels."""
-    flagged = [m < threshold for m in max_selfsim]
+    """Precision and recall of `score < threshold` as a detector of wrong labels."""
+    flagged = [m < threshold for m in scores]
     wrong = [not c for c in correct]
     tp = sum(f and w for f, w in zip(flagged, wrong))
     n_flagged, n_wrong = sum(flagged), sum(wrong)
@@ -115,15 +126,16 @@ def flag_quality(max_selfsim: Sequence[float], correct: Sequence[bool], threshol
 
 
 def flag_summary(rows: pl.DataFrame, thresholds: dict[str, float], *, outcome: str = "hit_top3",
-                 split: str | None = None) -> pl.DataFrame:
+                 split: str | None = None, score: str = "max_selfsim") -> pl.DataFrame:
     """Per method and named threshold: flag rate, precision and recall with Wilson intervals.
 
-    `rows` need `method`, `max_selfsim` and the boolean `outcome` column (True = label right).
+    `rows` need `method`, the `score` column the flag reads (`max_selfsim` or `max_roundtrip`)
+    and the boolean `outcome` column (True = label right).
     """
     out = []
-    usable = rows.filter(pl.col("max_selfsim").is_not_null() & pl.col(outcome).is_not_null())
+    usable = rows.filter(pl.col(score).is_not_null() & pl.col(outcome).is_not_null())
     for (method,), group in usable.group_by(["method"], maintain_order=True):
-        sims, good = group["max_selfsim"].to_list(), group[outcome].to_list()
+        sims, good = group[score].to_list(), group[outcome].to_list()
         for name, threshold in thresholds.items():
             q = flag_quality(sims, good, threshold)
             for metric, k, n in (("flag_rate", q["n_flagged"], q["n"]),
@@ -132,11 +144,13 @@ def flag_summary(rows: pl.DataFrame, thresholds: dict[str, float], *, outcome: s
                 if n == 0:
                     out.append(summary_row(SUITE, str(method), f"{metric}@{name}", float("nan"),
                                            0, float("nan"), float("nan"), split,
-                                           {"threshold": threshold, "outcome": outcome}))
+                                           {"threshold": threshold, "outcome": outcome,
+                                            "score": score}))
                     continue
                 low, high = wilson(int(k), int(n))
                 out.append(summary_row(SUITE, str(method), f"{metric}@{name}", k / n, int(n), low,
-                                       high, split, {"threshold": threshold, "outcome": outcome}))
+                                       high, split, {"threshold": threshold, "outcome": outcome,
+                                                     "score": score}))
     return summary_frame(out)
 
 
@@ -164,19 +178,20 @@ def engine_flag_summary(rows: pl.DataFrame, *, outcome: str = "hit_top3",
 
 def selfsim_aurocs(rows: pl.DataFrame, null: Sequence[float], *, method: str,
                    outcome: str = "hit_top3", split: str | None = None,
-                   suite: str = SUITE) -> pl.DataFrame:
-    """How informative max self-similarity is, as two AUROCs with Hanley-McNeil intervals:
-    `auroc_vs_null` (items vs random directions) and `auroc_outcome` (right vs wrong items)."""
-    part = rows.filter((pl.col("method") == method) & pl.col("max_selfsim").is_not_null())
-    sims = part["max_selfsim"].to_list()
+                   suite: str = SUITE, score: str = "max_selfsim") -> pl.DataFrame:
+    """How informative the failure score is (`max_selfsim` or `max_roundtrip`), as two AUROCs
+    with Hanley-McNeil intervals: `auroc_vs_null` (items vs random directions) and
+    `auroc_outcome` (right vs wrong items)."""
+    part = rows.filter((pl.col("method") == method) & pl.col(score).is_not_null())
+    sims = part[score].to_list()
     out = []
     if sims and len(null):
         area = auroc(sims, list(null))
         out.append(summary_row(suite, method, "auroc_vs_null", area, len(sims),
                                *auroc_interval(area, len(sims), len(null)), split,
                                {"n_null": len(null)}))
-    good = part.filter(pl.col(outcome) == True)["max_selfsim"].to_list()  # noqa: E712
-    bad = part.filter(pl.col(outcome) == False)["max_selfsim"].to_list()  # noqa: E712
+    good = part.filter(pl.col(outcome) == True)[score].to_list()  # noqa: E712
+    bad = part.filter(pl.col(outcome) == False)[score].to_list()  # noqa: E712
     if good and bad:
         area = auroc(good, bad)
         out.append(summary_row(suite, method, f"auroc_{outcome}", area, len(good) + len(bad),
