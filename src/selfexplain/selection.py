@@ -77,7 +77,7 @@ def rank_entropy(indices: list[int], texts: list[str], sweep: SweepScores,
 
 def rank_consensus(indices: list[int], texts: list[str], sweep: SweepScores,
                    roundtrip: Sequence[float] | None = None, weight: float = 5.0) -> Ranked:
-    """Composite plus cross-scale agreement, the default ranking.
+    """Composite plus cross-scale agreement (the round trip's tie-break).
 
     A feature's meaning recurs across scales, while the failure modes (filler about "a word",
     gibberish at large scales) vary from one scale to the next. `agreement` is the fraction of the
