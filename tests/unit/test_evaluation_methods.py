@@ -16,18 +16,6 @@ from selfexplain.evaluation.wordlists import words
 from selfexplain.explain import SelfExplainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine OpenMP
-    spin-waiting makes them 10x slower. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_config() -> ExplainConfig:
     return ExplainConfig.from_preset(

@@ -23,18 +23,6 @@ from selfexplain.config import ExplainConfig
 from selfexplain.results import Candidate, FeatureExplanation, Sweep
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine OpenMP
-    spin-waiting makes them 10x slower. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize(("text", "word", "pos", "expected"), [
     ("A dog is a loyal pet", "dog", "noun", True),
     ("Dogs bark at night", "dog", "noun", True),

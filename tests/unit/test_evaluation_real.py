@@ -13,18 +13,6 @@ from selfexplain.evaluation import real
 from selfexplain.evaluation.suite import EvalRequest, EvalOutput, eval_result_rows, sample_features
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine OpenMP
-    spin-waiting makes them 10x slower. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 VOCAB = ["dog", "cat", "red", "blue", "run", "the", "pet", "colour"]
 
 

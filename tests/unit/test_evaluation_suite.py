@@ -8,18 +8,6 @@ import pytest
 from selfexplain.evaluation.suite import EvalRequest, eval_result_rows, run_evaluation
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine OpenMP
-    spin-waiting makes them 10x slower. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = {"max_new_tokens": 3, "top_scales": 2, "samples_per_scale": 1, "batch_rows": 64}
 
 
