@@ -35,7 +35,7 @@ from tasks.store import (
 def labels_query(release: str, sae_id: str) -> str:
     """A ready-to-paste query for the user (printed, never executed with these literals)."""
     quote = lambda s: "'" + s.replace("'", "''") + "'"  # noqa: E731
-    return ("SELECT feature, label, recovered_token, scale, composite, failed "
+    return ("SELECT feature, label, recovered_token, scale, max_roundtrip, failed "
             f"FROM v_feature_labels WHERE release = {quote(release)} "
             f"AND sae_id = {quote(sae_id)} ORDER BY feature")
 

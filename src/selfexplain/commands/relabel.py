@@ -123,7 +123,7 @@ def _preview(warehouse: str, summary: dict) -> None:
         labels = wh.query(
             "SELECT feature, left(regexp_replace(label, '\\s+', ' ', 'g'), 60) AS label, "
             "left(regexp_replace(recovered_token, '\\s+', ' ', 'g'), 24) AS recovered_token, "
-            "round(scale, 1) AS scale, round(composite, 3) AS composite, failed "
+            "round(scale, 1) AS scale, round(max_roundtrip, 3) AS round_trip, failed "
             "FROM v_feature_labels "
             "WHERE release = ? AND sae_id = ? ORDER BY feature",
             [summary["release"], summary["sae_id"]])
