@@ -163,7 +163,8 @@ def plot_null(null: Mapping[str, Sequence[float]], thresholds: Mapping[str, floa
         if prompt in thresholds:
             ax.axvline(thresholds[prompt], color="k", linestyle="--",
                        label=f"null 95th pct {thresholds[prompt]:.3f}")
-        ax.axvline(post_threshold, color="r", linestyle=":", label=f"post {post_threshold}")
+        ax.axvline(post_threshold, color="r", linestyle=":",
+                   label=f"post {post_threshold} (self-similarity only)")
         ax.set_title(f"failure score, {prompt}")
         ax.legend(fontsize=7)
     fig.tight_layout()
