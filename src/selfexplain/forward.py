@@ -86,32 +86,39 @@ def prompt_pass(
     )
 
 
+class _Stop(Exception):
+    """Raised by `residual_entering`'s hook once the wanted block is reached."""
+
+
 @torch.inference_mode()
+def residual_entering(lm: LoadedModel, layer: int, input_ids: Tensor,
+                      attention_mask: Tensor | None = None) -> Tensor:
+    """The residual entering block `layer` (batch, seq, d_model) for `input_ids` (batch, seq).
+
+    The forward stops at that block (its pre-hook raises), so later blocks and the unembedding
+    never run: reading an early layer costs a few percent of a full forward.
+    """
+    seen: list[Tensor] = []
+
+    def hook(_module, args, kwargs):
+        seen.append((args[0] if args else kwargs["hidden_states"]).detach())
+        raise _Stop
+
+    handle = lm.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        lm.model(input_ids=input_ids.to(lm.device), use_cache=False, logits_to_keep=1,
+                 attention_mask=None if attention_mask is None else attention_mask.to(lm.device))
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 def residual_norm(lm: LoadedModel, layer: int, texts: list[str]) -> float:
     """Mean L2 norm of the residual entering `layer` over `texts`, position 0 dropped (sink)."""
     norms: list[Tensor] = []
     for text in texts:
-        ids = lm.tokenizer(text, return_tensors="pt").input_ids.to(lm.device)  # (1, seq)
-        with captured_all(lm.layers[layer]) as seen:
-            lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        norms.append(seen[0][0, 1:].float().norm(dim=-1))  # (seq - 1,)
+        ids = lm.tokenizer(text, return_tensors="pt").input_ids  # (1, seq)
+        norms.append(residual_entering(lm, layer, ids)[0, 1:].float().norm(dim=-1))  # (seq - 1,)
     return float(torch.cat(norms).mean())
-
-
-class captured_all:
-    """Context manager capturing the full residual entering a layer, for every call, in a list."""
-
-    def __init__(self, layer: torch.nn.Module) -> None:
-        self.layer = layer
-        self.seen: list[Tensor] = []
-
-    def __enter__(self) -> list[Tensor]:
-        def hook(_module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self.seen.append(hidden.detach().clone())  # (batch, seq, d_model)
-
-        self.handle = self.layer.register_forward_pre_hook(hook, with_kwargs=True)
-        return self.seen
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()

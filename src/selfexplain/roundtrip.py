@@ -13,15 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from selfexplain.forward import residual_entering
 from selfexplain.models import LoadedModel
 
 CONTEXT = 'It means "'
 """Text before each explanation, so its first token never sits at position 0 (the attention
 sink, whose residual is huge and shared by every text)."""
-
-
-class _Stop(Exception):
-    """Raised by the capture hook once the wanted layer is reached: later blocks never run."""
 
 
 @torch.inference_mode()
@@ -38,35 +35,19 @@ def token_residuals(lm: LoadedModel, texts: list[str], layer: int, context: str 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[Tensor] = [torch.zeros(0, lm.d_model) for _ in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together
-    seen: list[Tensor] = []
-
-    def hook(_module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        seen.append(hidden.detach().float().cpu())  # (batch, seq, d_model)
-        raise _Stop
-
-    handle = lm.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for start in range(0, len(order), batch):
-            rows = [i for i in order[start : start + batch] if len(encoded[i]) > len(prefix)]
-            if not rows:
-                continue
-            width = max(len(encoded[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros(len(rows), width, dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[r, : len(encoded[i])] = 1
-            seen.clear()
-            try:
-                lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                         use_cache=False, logits_to_keep=1)
-            except _Stop:
-                pass
-            for r, i in enumerate(rows):
-                out[i] = seen[0][r, len(prefix) : len(encoded[i])]
-    finally:
-        handle.remove()
+    for start in range(0, len(order), batch):
+        rows = [i for i in order[start : start + batch] if len(encoded[i]) > len(prefix)]
+        if not rows:
+            continue
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[r, : len(encoded[i])] = 1
+        hidden = residual_entering(lm, layer, ids, mask).float().cpu()  # (rows, width, d_model)
+        for r, i in enumerate(rows):
+            out[i] = hidden[r, len(prefix) : len(encoded[i])]
     return out
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from selfexplain.errors import InputError
-from selfexplain.forward import captured_all
+from selfexplain.forward import residual_entering
 from selfexplain.models import LoadedModel
 
 WORD_CONTEXT = "Word:{word}"
@@ -86,17 +86,23 @@ def _pick(loaded: object, key: str | None, path: Path) -> Tensor:
     raise InputError(f"{path} holds a {type(loaded).__name__}, not a tensor")
 
 
-@torch.inference_mode()
 def word_residuals(lm: LoadedModel, words: list[str], layer: int) -> Tensor:
-    """Residual entering `layer` at the last token of each word in WORD_CONTEXT: (n, d_model)."""
-    out = []
-    for word in words:
-        ids = lm.tokenizer(WORD_CONTEXT.format(word=word), return_tensors="pt",
-                           add_special_tokens=False).input_ids.to(lm.device)  # (1, seq)
-        with captured_all(lm.layers[layer]) as seen:
-            lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        out.append(seen[0][0, -1].float())
-    return torch.stack(out)
+    """Residual entering `layer` at the last token of each word in WORD_CONTEXT: (n, d_model).
+
+    Words of equal token length share a forward (no padding), which stops at `layer`.
+    """
+    encoded = [lm.tokenizer(WORD_CONTEXT.format(word=w), add_special_tokens=False).input_ids
+               for w in words]
+    out = torch.zeros(len(words), lm.d_model)
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    for rows in groups.values():
+        for start in range(0, len(rows), 256):
+            chunk = rows[start : start + 256]
+            ids = torch.tensor([encoded[i] for i in chunk])  # (chunk, seq)
+            out[chunk] = residual_entering(lm, layer, ids)[:, -1].float().cpu()
+    return out
 
 
 _MEAN_CACHE: dict[tuple[int, int], Tensor] = {}

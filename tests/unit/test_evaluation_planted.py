@@ -178,15 +178,21 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     assert again.frame().equals(run.frame())
 
 
-def test_batched_directions_equal_the_engine_s(tiny_lm) -> None:
+def test_batched_directions_equal_one_word_at_a_time(tiny_lm) -> None:
     import torch
 
-    from selfexplain.evaluation.wordlists import concept_directions, planted_directions
-    from selfexplain.vectors import word_directions
+    from selfexplain.evaluation.wordlists import concept_directions
+    from selfexplain.vectors import WORD_CONTEXT, word_residuals
 
     words_ = [" dog", " cat", " a", " hello"]
-    ours = planted_directions(tiny_lm, words_, 2)
-    assert torch.allclose(ours, word_directions(tiny_lm, words_, 2), atol=1e-5)
+    alone = []
+    for word in words_:  # a full forward per word, no hooks: the residual entering block 2
+        ids = tiny_lm.tokenizer(WORD_CONTEXT.format(word=word), add_special_tokens=False,
+                                return_tensors="pt").input_ids
+        with torch.inference_mode():
+            hidden = tiny_lm.model(input_ids=ids, output_hidden_states=True).hidden_states[2]
+        alone.append(hidden[0, -1].float())
+    assert torch.allclose(word_residuals(tiny_lm, words_, 2), torch.stack(alone), atol=1e-5)
     classes = load_classes("dev")[:2]
     directions = concept_directions(tiny_lm, words("dog", "cat") + classes, 2)
     assert directions.shape == (4, tiny_lm.d_model)

@@ -5,7 +5,6 @@ import torch
 
 from selfexplain.config import ExplainConfig
 from selfexplain.explain import NORM_TEXTS, explain_directions
-from selfexplain.forward import captured_all
 from selfexplain.roundtrip import RoundTrip, token_residuals
 from selfexplain.selection import STRATEGIES, SweepScores, order
 
@@ -20,10 +19,11 @@ def test_padded_batches_give_each_texts_own_residuals(tiny_lm_any):
         if not text:
             continue
         ids = lm.tokenizer("x: " + text, add_special_tokens=False, return_tensors="pt").input_ids
-        with captured_all(lm.layers[2]) as seen, torch.inference_mode():
-            lm.model(input_ids=ids, use_cache=False)
+        with torch.inference_mode():  # a full forward, one text, no hooks: hidden_states[2]
+            full = lm.model(input_ids=ids, use_cache=False, output_hidden_states=True)
         assert got.shape == (ids.shape[1] - prefix, lm.d_model)
-        torch.testing.assert_close(got, seen[0][0, prefix:].float(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got, full.hidden_states[2][0, prefix:].float(), atol=1e-5,
+                                   rtol=1e-4)
 
 
 def test_a_text_scores_one_against_its_own_token_and_less_elsewhere(tiny_lm):

@@ -26,8 +26,7 @@ from selfexplain.evaluation.stats import auroc, auroc_interval, summary_frame, s
 from selfexplain.explain import SelfExplainer
 from selfexplain.forward import prompt_pass
 from selfexplain.metrics import self_similarity
-from selfexplain.evaluation.wordlists import batched_word_residuals
-from selfexplain.vectors import REFERENCE_WORDS
+from selfexplain.vectors import REFERENCE_WORDS, word_residuals
 
 SUITE = "failure_flag"
 POST_THRESHOLD = 0.01
@@ -51,7 +50,7 @@ def null_directions(explainer: SelfExplainer, n: int, *, seed: int = 0, kind: st
         raw = torch.randn(n, lm.d_model, generator=generator)
     elif kind == "residual":
         layer = explainer.injection_layer if layer is None else layer
-        residuals = batched_word_residuals(lm, list(REFERENCE_WORDS), layer)  # (words, d_model)
+        residuals = word_residuals(lm, list(REFERENCE_WORDS), layer)  # (words, d_model)
         centred = residuals - residuals.mean(dim=0, keepdim=True)
         raw = torch.randn(n, centred.shape[0], generator=generator) @ centred  # (n, d_model)
     else:

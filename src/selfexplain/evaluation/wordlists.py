@@ -17,7 +17,7 @@ from torch import Tensor
 
 from selfexplain.errors import InputError
 from selfexplain.models import LoadedModel
-from selfexplain.vectors import REFERENCE_WORDS, WORD_CONTEXT
+from selfexplain.vectors import word_directions
 
 Split = Literal["dev", "test"]
 SPLITS: tuple[str, ...] = ("dev", "test")
@@ -83,62 +83,12 @@ def words(*names: str, pos: str | None = None) -> list[Concept]:
     return [Concept(n.strip(), "word", pos, (n.strip(),), (n.strip(),), "adhoc") for n in names]
 
 
-class _Stop(Exception):
-    """Raised by a hook once the wanted layer is reached: later blocks are not run."""
-
-
-@torch.inference_mode()
-def batched_word_residuals(lm: LoadedModel, words: list[str], layer: int) -> Tensor:
-    """The same vectors as `vectors.word_residuals` (residual entering `layer` at the word's last
-    token in WORD_CONTEXT), batched by token length and stopping at `layer`: (n, d_model)."""
-    encoded = [lm.tokenizer(WORD_CONTEXT.format(word=w), add_special_tokens=False).input_ids
-               for w in words]
-    out = torch.zeros(len(words), lm.d_model)
-    groups: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        groups.setdefault(len(ids), []).append(i)
-    seen: list[Tensor] = []
-
-    def hook(_module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        seen.append(hidden[:, -1].detach().float().cpu())  # (batch, d_model)
-        raise _Stop
-
-    handle = lm.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for rows in groups.values():
-            for start in range(0, len(rows), 256):
-                chunk = rows[start : start + 256]
-                ids = torch.tensor([encoded[i] for i in chunk], device=lm.device)
-                seen.clear()
-                try:
-                    lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
-                except _Stop:
-                    pass
-                out[chunk] = seen[0]
-    finally:
-        handle.remove()
-    return out
-
-
-_MEAN: dict[tuple[int, int], Tensor] = {}
-
-
-def planted_directions(lm: LoadedModel, words: list[str], layer: int) -> Tensor:
-    """Batched equivalent of `vectors.word_directions`: mean-free unit directions (n, d_model)."""
-    key = (id(lm.model), layer)
-    if key not in _MEAN:
-        _MEAN[key] = batched_word_residuals(lm, list(REFERENCE_WORDS), layer).mean(dim=0)
-    directions = batched_word_residuals(lm, words, layer) - _MEAN[key]
-    return directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 def concept_directions(lm: LoadedModel, concepts: list[Concept], layer: int) -> Tensor:
     """Unit planted directions (n, d_model) at `layer`: a word's own, or its class's mean."""
     vocabulary = sorted({m for c in concepts for m in c.members})
     if not vocabulary:
         raise InputError("no concepts to plant")
-    rows = planted_directions(lm, [" " + m for m in vocabulary], layer)  # (vocab, d_model)
+    rows = word_directions(lm, [" " + m for m in vocabulary], layer)  # (vocab, d_model)
     index = {m: i for i, m in enumerate(vocabulary)}
     out = []
     for concept in concepts:
