@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from selfexplain.config import ExplainConfig
+from selfexplain.inject import captured_at
 from selfexplain.metrics import composite, entropy, nearest_scale_index, self_similarity
 from selfexplain.models import LoadedModel
 from selfexplain.prompts import MEANING, REPEAT, build_prompt
@@ -36,18 +37,6 @@ def _replace_output(layer: torch.nn.Module, positions: torch.Tensor, vectors: to
         handle.remove()
 
 
-@contextmanager
-def _probe(layer: torch.nn.Module, store: dict):
-    def hook(_module, args, kwargs):
-        store["probe"] = (args[0] if args else kwargs["hidden_states"])[:, -1].clone()
-
-    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 @torch.inference_mode()
 def naive_explain(lm: LoadedModel, direction: torch.Tensor, config: ExplainConfig,
                   timings: dict[str, float]) -> dict[str, object]:
@@ -64,13 +53,12 @@ def naive_explain(lm: LoadedModel, direction: torch.Tensor, config: ExplainConfi
         ids = prompt.input_ids[None]  # (1, seq)
         clock = time.perf_counter()
         vectors = metric_scales[:, None] * direction[None, :]  # (64, d_model)
-        store: dict = {}
-        with _replace_output(layer, prompt.placeholder_positions, vectors), _probe(
-            lm.layers[probe_layer], store
-        ):
+        with _replace_output(layer, prompt.placeholder_positions, vectors), captured_at(
+            lm.layers[probe_layer]
+        ) as probe:
             logits = lm.model(input_ids=ids.expand(len(metric_scales), -1), use_cache=False).logits
         last = logits[:, -1].float()  # (64, vocab)
-        selfsim = self_similarity(store["probe"][None].float(), store["probe"][0].float(),
+        selfsim = self_similarity(probe.last[None].float(), probe.last[0].float(),
                                   direction[None])  # (1, 64); row 0 is scale 0
         ent = entropy(last) - entropy(last[0])
         comp = composite(selfsim, ent[None], metric_scales, config.alpha, config.min_scale)[0]
