@@ -109,6 +109,16 @@ def tiny_lm() -> LoadedModel:
     return build_tiny_model("llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_lm) -> str:
+    """The session's tiny Llama saved with save_pretrained (model + tokenizer): flows and
+    subprocesses pass model ids, not tensors, so they load it by path."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    tiny_lm.model.save_pretrained(path)
+    tiny_lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session", params=["llama", "gemma", "phi3"])
 def tiny_lm_any(request) -> LoadedModel:
     return build_tiny_model(request.param)

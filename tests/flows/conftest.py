@@ -1,5 +1,5 @@
-"""One Prefect test server for the whole session, a private PREFECT_HOME, and a tiny model saved
-as a folder (flows pass model ids, not tensors, so the model must be loadable by path)."""
+"""One Prefect test server for the whole session and a private PREFECT_HOME (the tiny model folder
+the flows load by path is `tiny_model_dir` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -28,15 +28,6 @@ def _prefect(prefect_server):
     # spin-waiting made a 0.1 s shard take 10 s.
     torch.set_num_threads(1)
     yield
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_lm) -> str:
-    """The session's tiny Llama saved with save_pretrained (model + tokenizer)."""
-    path = tmp_path_factory.mktemp("tiny_model")
-    tiny_lm.model.save_pretrained(path)
-    tiny_lm.tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture

@@ -13,12 +13,9 @@ from selfexplain.cli import main
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, tiny_lm) -> str:
-    """The session's tiny Llama saved as a transformers folder (model + tokenizer)."""
-    path = tmp_path_factory.mktemp("rel_model")
-    tiny_lm.model.save_pretrained(path)
-    tiny_lm.tokenizer.save_pretrained(path)
-    return str(path)
+def model_dir(tiny_model_dir) -> str:
+    """The session's tiny Llama folder (tests/conftest.py), saved once for every suite."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="session")
