@@ -147,18 +147,17 @@ class ExplainConfig(BaseModel):
         """Hash of the settings a failure-threshold null depends on: everything but the threshold
         itself, the ranking (the null reads the best of all candidates) and the batch size. It
         keys `layer_threshold` rows, so `relabel --layer-threshold` finds what `evaluate` drew."""
-        import hashlib
-
-        kept = self.model_dump_json(exclude={"preset", "failure_threshold", "batch_rows", "top_n",
-                                             "selection", "consensus_weight", "roundtrip_weight"})
-        return hashlib.sha256(kept.encode()).hexdigest()[:16]
+        return self._dump_hash(exclude={"preset", "failure_threshold", "batch_rows", "top_n",
+                                        "selection", "consensus_weight", "roundtrip_weight"})
 
     def settings_hash(self) -> str:
         """Stable short hash of every setting except the seed's presentation; used in cache keys."""
+        return self._dump_hash()
+
+    def _dump_hash(self, exclude: set[str] | None = None) -> str:
         import hashlib
 
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
-
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 PRESETS: dict[str, dict[str, object]] = {
     # The post's recipe: absolute 0-200 grids, 64 metric scales, one sample at each of 32 scales,
