@@ -17,6 +17,7 @@ from selfexplain.cli import main
 from selfexplain.errors import WarehouseError
 from selfexplain.runlock import lock_path, writer_lock
 from selfexplain.warehouse import Warehouse, WarehouseInUse, snapshot_path
+from tests.sql.conftest import held_by_another_process, with_one_reference_label
 
 HOLD = textwrap.dedent("""
     import sys
@@ -111,16 +112,9 @@ def test_merging_shards_while_a_run_writes_fails_at_once(prefect_server, tmp_pat
 @pytest.fixture
 def held(tmp_path):
     """A warehouse whose DuckDB file another process holds in the middle of a write."""
-    path = tmp_path / "w.duckdb"
-    with Warehouse(path) as wh:
-        wh.execute("INSERT INTO reference_label VALUES ('np', 'r', 's', 0, 'cats', NULL, NULL, "
-                   "NULL, NULL, now())")
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    yield path, proc
-    proc.stdin.close()
-    proc.wait(timeout=30)
+    path = with_one_reference_label(tmp_path / "w.duckdb")
+    with held_by_another_process(path, HOLD) as proc:
+        yield path, proc
 
 
 def test_sql_during_a_write_says_the_file_is_busy(held, capsys):
@@ -137,18 +131,12 @@ def test_sql_during_a_write_reads_the_snapshot(held, capsys):
     proc.wait(timeout=30)  # publish a snapshot, then hold the file again
     with Warehouse(path) as wh:
         wh.publish_snapshot()
-    again = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert again.stdout.readline().strip() == "ready"
+    with held_by_another_process(path, HOLD) as again:
         assert main(["sql", "SELECT description FROM reference_label", "--warehouse", str(path),
                      "--format", "csv"]) == 0
         out, err = capsys.readouterr()
         assert out.splitlines() == ["description", "cats"]  # the committed rows
         assert f"in use by PID {again.pid}" in err and "reading the snapshot" in err
-    finally:
-        again.stdin.close()
-        again.wait(timeout=30)
     # The interrupted write never landed.
     assert all_rows(path)["reference_label"]["description"].to_list() == ["cats"]
     assert snapshot_path(path).is_file()

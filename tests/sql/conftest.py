@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 
 from selfexplain.results import Candidate, FeatureExplanation, SkippedFeature, Sweep
@@ -51,3 +58,34 @@ def make_results_fixture():
 def wh():
     with Warehouse(MEMORY) as warehouse:
         yield warehouse
+
+
+HOLD_OPEN = textwrap.dedent("""
+    import sys
+    from selfexplain.warehouse import Warehouse
+    wh = Warehouse(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+"""A second process that opens the warehouse for writing and keeps it until told to stop."""
+
+
+def with_one_reference_label(path: Path) -> Path:
+    """A fresh warehouse at `path` holding one committed row (reference_label 'cats')."""
+    with Warehouse(path) as wh:
+        wh.execute("INSERT INTO reference_label VALUES ('np', 'r', 's', 0, 'cats', NULL, NULL, "
+                   "NULL, NULL, now())")
+    return path
+
+
+@contextmanager
+def held_by_another_process(path: Path, script: str = HOLD_OPEN) -> Iterator[subprocess.Popen]:
+    """`script` run on `path` in a second Python process, holding it until the block ends."""
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)

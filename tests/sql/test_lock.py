@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 from selfexplain.warehouse import Warehouse, WarehouseInUse, open_reader, snapshot_path
-
-HOLD = textwrap.dedent("""
-    import sys, time
-    from selfexplain.warehouse import Warehouse
-    wh = Warehouse(sys.argv[1])
-    print("ready", flush=True)
-    sys.stdin.readline()
-""")
-
+from tests.sql.conftest import held_by_another_process, with_one_reference_label
 
 @pytest.fixture
 def held(tmp_path):
-    path = tmp_path / "w.duckdb"
+    path = with_one_reference_label(tmp_path / "w.duckdb")
     with Warehouse(path) as wh:
-        wh.execute("INSERT INTO reference_label VALUES ('np', 'r', 's', 0, 'cats', NULL, NULL, "
-                   "NULL, NULL, now())")
         wh.publish_snapshot()
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    yield path, proc
-    proc.stdin.close()
-    proc.wait(timeout=30)
+    with held_by_another_process(path) as proc:
+        yield path, proc
 
 
 def test_second_writer_gets_the_pid(held):
