@@ -30,6 +30,18 @@ def one_line(err: SelfExplainError) -> None:
     assert str(err) and "\n" not in str(err), repr(str(err))
 
 
+def parsed(parse, *args, **kwargs):
+    """`parse(...)`'s value, or None when it refused the input with one clear line."""
+    try:
+        value = parse(*args, **kwargs)
+    except SelfExplainError as err:
+        one_line(err)
+        event("refused")
+        return None
+    event("accepted")
+    return value
+
+
 def feature_text():
     parts = st.one_of(st.integers(0, 10**12).map(str),
                       st.tuples(st.integers(0, 40), st.integers(0, 40)).map("{0[0]}-{0[1]}".format),
@@ -40,13 +52,9 @@ def feature_text():
 @FAST
 @given(feature_text())
 def test_feature_lists(text):
-    try:
-        features = parse_features(text)
-    except SelfExplainError as err:
-        one_line(err)
-        event("refused")
+    features = parsed(parse_features, text)
+    if features is None:
         return
-    event("accepted")
     assert features == sorted(set(features)) and features and features[0] >= 0
     assert len(features) < MAX_FEATURES
     assert parse_features(compact(features)) == features  # the compact form reads back
@@ -66,13 +74,9 @@ def scale_text():
 @FAST
 @given(scale_text())
 def test_scale_grids(text):
-    try:
-        grid = parse_scales(text)
-    except SelfExplainError as err:
-        one_line(err)
-        event("refused")
+    grid = parsed(parse_scales, text)
+    if grid is None:
         return
-    event("accepted")
     assert grid and all(math.isfinite(s) and s >= 0 for s in grid)
     assert all(b > a for a, b in zip(grid, grid[1:]))
 
@@ -81,14 +85,10 @@ def test_scale_grids(text):
 @given(feature_text(), scale_text(), st.one_of(st.none(), st.integers(-2, 3)),
        st.one_of(st.none(), st.integers(-2, 3)))
 def test_relabel_requests(features, scales, samples, shard_size):
-    try:
-        request = RelabelRequest.build(features=features, scales=scales, samples=samples,
-                                       shard_size=shard_size)
-    except SelfExplainError as err:
-        one_line(err)
-        event("refused")
+    request = parsed(RelabelRequest.build, features=features, scales=scales, samples=samples,
+                     shard_size=shard_size)
+    if request is None:
         return
-    event("accepted")
     assert len(request.config().metric_scales) >= 2 and request.feature_list(10**9)
 
 
@@ -138,13 +138,9 @@ def test_vector_files(tmp_path, suffix, content, cut):
         content = content[:cut] if cut < 40 else content  # some files truncated
     path = tmp_path / f"v{suffix}"
     path.write_bytes(content)
-    try:
-        vectors = load_vectors(path)
-    except SelfExplainError as err:
-        one_line(err)
-        event("refused")
+    vectors = parsed(load_vectors, path)
+    if vectors is None:
         return
-    event("accepted")
     assert vectors.ndim == 2 and vectors.shape[0] >= 1 and vectors.shape[1] >= 1
     assert vectors.dtype == torch.float32 and torch.isfinite(vectors).all()
     assert (vectors.norm(dim=-1) > 0).all()
@@ -176,13 +172,9 @@ def test_reference_label_files(tmp_path, content):
 
     path = tmp_path / "ref.jsonl"
     path.write_text("\n".join(content))
-    try:
-        rows = reference_frame(path, "neuronpedia", "r", "s")
-    except SelfExplainError as err:
-        one_line(err)
-        event("refused")
+    rows = parsed(reference_frame, path, "neuronpedia", "r", "s")
+    if rows is None:
         return
-    event("accepted")
     assert rows.height >= 1
     assert rows["feature"].min() >= 0 and rows["description"].null_count() == 0
     assert all(isinstance(d, str) and d for d in rows["description"])
