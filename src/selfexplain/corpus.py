@@ -66,8 +66,21 @@ SOURCES: dict[str, Source] = {
         "Princeton University. All rights reserved.')",
         "glosses of the dictd WordNet database, one entry per document, duplicate glosses dropped",
     ),
+    "gcide": Source(
+        "gcide", "apt", "dict-gcide", None,
+        "GPL-2.0-or-later (GNU Collaborative International Dictionary of English, from Webster's "
+        "1913 and WordNet; keep the GPL notice)",
+        "entries of the dictd GCIDE database, one per document: headword, part of speech and "
+        "definitions, with pronunciation, etymology and source tags removed",
+    ),
+    "pydocs": Source(
+        "pydocs", "apt", "python3.11-doc", None,
+        "PSF License Agreement for Python 3.11 documentation",
+        "the reStructuredText sources (html/_sources/**/*.rst.txt) of the Python 3.11 manuals, one "
+        "page per document, directives kept as written",
+    ),
 }
-DEFAULT_SOURCES = ("wikipedia", "shakespeare", "wordnet")
+DEFAULT_SOURCES = ("wikipedia", "shakespeare", "wordnet", "gcide", "pydocs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +385,45 @@ def wordnet_documents(deb: Path) -> Iterator[str]:
                 head, body = line.strip(), []
 
 
+def gcide_documents(deb: Path) -> Iterator[str]:
+    """One document per GCIDE entry: `Headword, pos. definition ...` in plain prose."""
+    with tempfile.TemporaryDirectory(prefix="selfexplain-gcide-") as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        dict_path = next(Path(tmp).rglob("gcide.dict.dz"))
+        with gzip.open(dict_path, "rt", encoding="utf-8", errors="replace") as handle:
+            entry: list[str] = []
+            for line in [*handle, "END-OF-FILE\n"]:
+                if not line.strip() or line[:1].isspace():  # senses and blank lines continue it
+                    entry.append(line.rstrip())
+                    continue
+                text = _gcide_entry(entry)
+                entry = [line.rstrip()]
+                if text:
+                    yield text
+
+
+def _gcide_entry(lines: list[str]) -> str:
+    if not lines or lines[0].startswith("00-database") or lines[0][:1].isspace():
+        return ""
+    text = " ".join(line.strip() for line in lines if line.strip())
+    text = re.sub(r"\\[^\\]*\\,?", "", text)  # \Ab*do"men\ pronunciations
+    text = re.sub(r"\[[^\[\]]*\]", "", text)  # [1913 Webster], [L. abdicatio], [R.]
+    text = re.sub(r"[{}]", "", text)  # {cross references}
+    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+([,.;:])", r"\1", text)
+    return text if len(text.split()) >= 4 else ""
+
+
+def pydocs_documents(deb: Path) -> Iterator[str]:
+    """One document per page of the Python manuals (reStructuredText sources)."""
+    with tempfile.TemporaryDirectory(prefix="selfexplain-pydocs-") as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        for path in sorted(Path(tmp).rglob("_sources/**/*.rst.txt")):
+            text = path.read_text(encoding="utf-8", errors="replace").strip()
+            if len(text.split()) >= 50:
+                yield text
+
+
 _POS = {"n": "noun", "v": "verb", "adj": "adjective", "adv": "adverb"}
 
 
@@ -387,4 +439,6 @@ EXTRACTORS = {
     "wikipedia": wikipedia_documents,
     "shakespeare": shakespeare_documents,
     "wordnet": wordnet_documents,
+    "gcide": gcide_documents,
+    "pydocs": pydocs_documents,
 }
