@@ -25,7 +25,7 @@ def train_default_sae(request: TrainSaeRequest | None = None) -> dict[str, objec
     request = request or TrainSaeRequest()
     corpus = build_corpus_task(request.corpus_dir)
     report = train_sae_task(request.model, corpus, request.out_dir, request.train,
-                            request.overwrite)
+                            request.overwrite, request.checkpoint_dir)
     stats_path = feature_stats_task(request.model, request.out_dir, corpus, request.stats_tokens)
     if request.warehouse is not None:
         release, sae_id = request.names()

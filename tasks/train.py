@@ -28,6 +28,8 @@ class TrainSaeRequest(BaseModel):
     """Folder of .txt files; built from registry packages when it has no text yet."""
     out_dir: str = str(DEFAULT_SAE_DIR)
     overwrite: bool = False
+    checkpoint_dir: str | None = None
+    """Save the training state here and resume from it when the flow runs again."""
     train: TrainSaeConfig = Field(default_factory=TrainSaeConfig)
     stats_tokens: int = Field(100_000, ge=1)
     """Held-out activations the feature statistics are computed on."""
@@ -80,11 +82,12 @@ def build_corpus_task(corpus_dir: str) -> str:
 
 @task(name="train-sae", cache_policy=NO_CACHE)
 def train_sae_task(model: str, corpus_dir: str, out_dir: str, config: TrainSaeConfig,
-                   overwrite: bool) -> dict[str, object]:
+                   overwrite: bool, checkpoint_dir: str | None = None) -> dict[str, object]:
     """Train and write the sae-lens folder; returns the report (numbers and the folder path)."""
     from selfexplain.train_sae import train_sae
 
-    trained = train_sae(_model(model), Path(corpus_dir), config, Path(out_dir), overwrite=overwrite)
+    trained = train_sae(_model(model), Path(corpus_dir), config, Path(out_dir), overwrite=overwrite,
+                        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir))
     report = trained.report._asdict()
     get_run_logger().info("trained %s: %s", out_dir, report)
     return report

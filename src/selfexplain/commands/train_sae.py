@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--layer", type=int, help="residual entering this block (default 2)")
     parser.add_argument("--width", type=int, help="latents (default 4096)")
-    parser.add_argument("--k", type=int, help="active latents per token (default 32)")
-    parser.add_argument("--tokens", type=int, help="training activations (default 1000000)")
+    parser.add_argument("--k", type=int, help="active latents per token (default 8)")
+    parser.add_argument("--tokens", type=int, help="training activations (default 20000000, capped by the corpus)")
     parser.add_argument("--heldout-tokens", type=int, help="held-out activations (default 100000)")
     parser.add_argument("--context", type=int, help="tokens per window (default 128)")
     parser.add_argument("--batch-tokens", type=int, help="activations per step (default 1024)")
@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4*sqrt(16384/width))")
     parser.add_argument("--collect-dtype", choices=["float32", "bfloat16"],
                         help="model precision while collecting training activations (default bfloat16)")
+    parser.add_argument("--chunk-windows", type=int,
+                        help="windows collected at a time (default 2048: 0.5 GiB of activations)")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="save the training state here after every few chunks and resume "
+                        "from it when the same command runs again")
+    parser.add_argument("--stop-after-chunks", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help="default 0")
     parser.add_argument("--no-stats", action="store_true", help="skip feature_stats.parquet")
     parser.set_defaults(handler=run)
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         layer=args.layer, width=args.width, k=args.k, tokens=args.tokens,
         heldout_tokens=args.heldout_tokens, context=args.context, batch_tokens=args.batch_tokens,
         epochs=args.epochs, lr=args.lr, collect_dtype=args.collect_dtype, seed=args.seed,
+        chunk_windows=args.chunk_windows,
     )
     corpus_files(args.corpus)  # fail before the slow model load
     out = args.out.expanduser()
@@ -56,8 +63,17 @@ def run(args: argparse.Namespace) -> int:
     from selfexplain.stats import stats_from_activations, write_feature_stats
     from selfexplain.train_sae import train_sae
 
+    if args.checkpoint_dir is not None and (args.checkpoint_dir / "checkpoint.pt").exists():
+        from selfexplain.sae_trainer import describe_checkpoint
+
+        print(f"resuming from {args.checkpoint_dir}: {describe_checkpoint(args.checkpoint_dir)}")
     lm = load_model(args.model)
-    trained = train_sae(lm, args.corpus, config, out, overwrite=args.overwrite)
+    trained = train_sae(lm, args.corpus, config, out, overwrite=args.overwrite,
+                        checkpoint_dir=args.checkpoint_dir,
+                        stop_after_chunks=args.stop_after_chunks)
+    if trained is None:
+        print(f"stopped after {args.stop_after_chunks} chunks; state saved in {args.checkpoint_dir}")
+        return 0
     report = trained.report._asdict()
     if not args.no_stats and trained.heldout.shape[0] > 0:
         from sae_lens import SAE
