@@ -29,7 +29,8 @@ SELECT
     s.resid_layer,
     fs.single_token,
     fs.density,
-    fs.top_tokens
+    fs.top_tokens,
+    fs.token_alignment
 FROM label_current AS c
 JOIN label AS l
   ON l.release = c.release AND l.sae_id = c.sae_id AND l.feature = c.feature AND l.run_id = c.run_id

@@ -47,10 +47,16 @@ SCHEMA = {
     "single_token": pl.Boolean,
     "vocabproj_tokens": pl.List(pl.String),
     "top_contexts": pl.List(pl.Struct({"text": pl.String, "activation": pl.Float64})),
+    "token_alignment": pl.Float64,
 }
+OPTIONAL = ("token_alignment",)
+"""Columns added after the first statistics files: read as null when a file lacks them."""
 """`density`: fraction of held-out tokens where the feature is active (> 0). `mean_activation`:
 mean over the tokens where it is active (0 for a dead feature). `top_token_share`: share of the
-feature's activation mass on its top token (0 for a dead feature)."""
+feature's activation mass on its top token (0 for a dead feature). `token_alignment` (single-token
+features only, else null): cosine between the unit decoder row and the top token's mean-free
+residual direction at the SAE's layer (`vectors.word_directions`, the planted direction of that
+token): how well the direction the engine injects points at what the feature fires on."""
 
 
 def _grouped(features: Tensor, keys: Tensor, d: int) -> tuple[Tensor, Tensor]:
@@ -121,7 +127,33 @@ def feature_stats(windows: Tensor, token_index: Tensor, features: Tensor, values
         rows["single_token"].append(share >= SINGLE_TOKEN_SHARE and n_f >= SINGLE_TOKEN_MIN_FIRINGS)
         rows["vocabproj_tokens"].append(list(vocabproj[f]) if vocabproj is not None else [])
         rows["top_contexts"].append(contexts)
+        rows["token_alignment"].append(None)
     return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def token_alignment(lm: LoadedModel, decoder: Tensor, frame: pl.DataFrame, layer: int) -> pl.DataFrame:
+    """Fill `token_alignment` for the single-token features of `frame`.
+
+    decoder: (d_sae, d_model) decoder rows (any norm). The token direction is the one a planted
+    concept uses (`vectors.word_directions`), so this cosine is directly the quality of what the
+    engine injects for that feature.
+    """
+    from selfexplain.vectors import word_directions
+
+    single = frame.filter(pl.col("single_token") & (pl.col("top_tokens").list.len() > 0))
+    tokens = [tops[0] for tops in single["top_tokens"].to_list()]
+    usable = [i for i, t in enumerate(tokens) if t.strip()]
+    values: dict[int, float] = {}
+    if usable:
+        directions = word_directions(lm, [tokens[i] for i in usable], layer)  # (n, d_model)
+        feats = single["feature"].to_numpy()[usable]
+        rows = decoder[torch.as_tensor(feats)].float()
+        rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        cos = (rows * directions).sum(-1).tolist()
+        values = dict(zip(feats.tolist(), cos, strict=True))
+    column = pl.Series("token_alignment", [values.get(f) for f in frame["feature"].to_list()],
+                       dtype=pl.Float64)
+    return frame.with_columns(column)
 
 
 def final_norm_gain(lm: LoadedModel) -> Tensor | None:
@@ -202,10 +234,14 @@ def stats_from_activations(lm: LoadedModel, sae, windows: Tensor, acts: Tensor, 
     d_sae = int(sae.cfg.d_sae)
     directions = sae.W_dec.detach().float()
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    return feature_stats(
+    frame = feature_stats(
         windows, index, feats, vals, d_sae=d_sae, n_tokens=int(acts.shape[0]),
         decode=lambda ids: lm.tokenizer.decode(ids), vocabproj=vocab_projection(lm, directions),
     )
+    from selfexplain.saes import resid_layer_of
+
+    layer = resid_layer_of(getattr(sae.cfg.metadata, "hook_name", None))
+    return frame if layer is None else token_alignment(lm, directions, frame, layer)
 
 
 def write_feature_stats(frame: pl.DataFrame, sae_dir: Path) -> Path:
@@ -232,10 +268,11 @@ def load_feature_stats(sae_dir: Path) -> pl.DataFrame:
         frame = pl.read_parquet(path)
     except Exception as err:  # polars raises several types for a truncated or foreign file
         raise InputError(f"{path} is not a readable statistics file: {str(err)[:120]}") from None
-    missing = [name for name in SCHEMA if name not in frame.columns]
+    missing = [name for name in SCHEMA if name not in frame.columns and name not in OPTIONAL]
     if missing:
         raise InputError(f"{path} lacks column(s) {missing}: recompute the statistics")
-    return frame
+    return frame.with_columns(pl.lit(None, dtype=SCHEMA[name]).alias(name)
+                              for name in OPTIONAL if name not in frame.columns)
 
 
 def warehouse_rows(frame: pl.DataFrame, *, release: str, sae_id: str) -> pl.DataFrame:

@@ -61,7 +61,8 @@ def sample_rows(make_results) -> dict[str, pl.DataFrame]:
         "release": ["r"], "sae_id": ["s"], "feature": [0], "density": [0.01],
         "mean_activation": [2.0], "max_activation": [5.0], "top_tokens": [["cat"]],
         "top_token_share": [0.9], "single_token": [True], "vocabproj_tokens": [["cat"]],
-        "top_contexts": [[{"text": "a «cat»", "activation": 5.0}]], "computed_at": [T0],
+        "top_contexts": [[{"text": "a «cat»", "activation": 5.0}]], "token_alignment": [0.7],
+        "computed_at": [T0],
     })
     return rows
 

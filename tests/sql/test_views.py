@@ -90,11 +90,14 @@ def test_runs_and_saes(wh, make_feature, make_results):
 def test_feature_labels_carry_feature_stats(wh, make_results):
     results, skipped = make_results()
     wh.write(rows("run1", T0, results, skipped))
-    wh.execute("INSERT INTO feature_stats VALUES ('r', 's', 1, 0.01, 2.0, 5.0, ['cat'], 0.9, true, "
-               "['cat'], [{'text': 'a «cat»', 'activation': 5.0}], ?)", [T0])
-    view = wh.query("SELECT feature, single_token, top_tokens FROM v_feature_labels "
-                    "WHERE feature IN (0, 1) ORDER BY feature")
-    assert view.rows() == [(0, None, None), (1, True, ["cat"])]
+    wh.execute("INSERT INTO feature_stats (release, sae_id, feature, density, mean_activation, "
+               "max_activation, top_tokens, top_token_share, single_token, vocabproj_tokens, "
+               "top_contexts, token_alignment, computed_at) VALUES ('r', 's', 1, 0.01, 2.0, 5.0, "
+               "['cat'], 0.9, true, ['cat'], [{'text': 'a «cat»', 'activation': 5.0}], 0.75, ?)",
+               [T0])
+    view = wh.query("SELECT feature, single_token, top_tokens, token_alignment "
+                    "FROM v_feature_labels WHERE feature IN (0, 1) ORDER BY feature")
+    assert view.rows() == [(0, None, None, None), (1, True, ["cat"], 0.75)]
 
 
 def eval_rows(eval_id, at, metric, values, *, method="default", suite="planted", sae_id="words"):
