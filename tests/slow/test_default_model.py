@@ -66,3 +66,25 @@ def test_planted_words_are_named_far_more_often_than_random_directions(default_l
     assert hits_planted >= 3 * hits_random + 2
     # the round-trip failure flag: random directions read back as nothing
     assert flagged_random >= flagged_planted + len(WORDS) // 2
+
+
+def test_gguf_cache_gives_the_same_model_and_survives_damage(tmp_path, default_lm):
+    from selfexplain.models import CACHE_COMPLETE
+
+    cache = tmp_path / "cache"
+    built = load_model("default", cache_dir=cache)  # de-quantises the GGUF and writes the cache
+    (folder,) = cache.iterdir()
+    assert (folder / CACHE_COMPLETE).is_file() and not list(cache.glob(".*tmp*"))
+    cached = load_model("default", cache_dir=cache)  # reads the safetensors folder
+    text = 'The meaning of the word "X" is "'
+    ids = default_lm.tokenizer(text, return_tensors="pt").input_ids
+    assert cached.tokenizer(text, return_tensors="pt").input_ids.tolist() == ids.tolist()
+    assert cached.tokenizer.chat_template == default_lm.tokenizer.chat_template
+    assert cached.revision == default_lm.revision == built.revision
+    with torch.no_grad():
+        assert torch.equal(cached.model(ids).logits, default_lm.model(ids).logits)
+    (folder / "model.safetensors").write_bytes(b"torn")  # a damaged cache is rebuilt, not trusted
+    again = load_model("default", cache_dir=cache)
+    with torch.no_grad():
+        assert torch.equal(again.model(ids).logits, default_lm.model(ids).logits)
+    assert (folder / "model.safetensors").stat().st_size > 100_000_000

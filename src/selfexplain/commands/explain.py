@@ -72,11 +72,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--sae needs --features, e.g. --features 0-7")
     if args.features and not args.sae:
         raise InputError("--features only applies with --sae")
-    features = None
+    # Read every input (SAE config and decoder, vector file, feature range) before the model:
+    # a wrong path or index answers in seconds, not after the model load.
+    features = sae = directions = None
     if args.sae:
-        from selfexplain.saes import parse_features
+        from selfexplain.saes import check_features, load_sae, parse_features
 
         features = parse_features(args.features)
+        sae = load_sae(args.sae)
+        check_features(features, sae.d_sae)
+    elif args.vector:
+        from selfexplain.vectors import load_vectors
+
+        directions = load_vectors(args.vector, args.key)
 
     import torch
     from tqdm import tqdm
@@ -88,20 +96,15 @@ def run(args: argparse.Namespace) -> int:
     lm = load_model(args.model)
     explainer = SelfExplainer(lm, config)
     skipped = []
-    if args.sae:
+    if sae is not None:
         from selfexplain.explain import explain_sae_features
-        from selfexplain.saes import load_sae
 
-        sae = load_sae(args.sae)
         with tqdm(total=len(features), desc="features", unit="feat", file=sys.stderr,
                   disable=len(features) < 2) as bar:
             results, skipped = explain_sae_features(lm, sae, features, config,
                                                     progress=bar.update, explainer=explainer)
     else:
-        if args.vector:
-            from selfexplain.vectors import load_vectors
-
-            directions = load_vectors(args.vector, args.key)
+        if directions is not None:
             names = [f"{args.vector}[{i}]" for i in range(directions.shape[0])]
         else:
             from selfexplain.vectors import word_directions
