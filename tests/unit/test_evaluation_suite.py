@@ -67,6 +67,16 @@ def test_cli_parses_and_validates() -> None:
         request_from_args(args)
     real = request_from_args(build_parser().parse_args(["evaluate", "--suite", "real"]))
     assert "maxact" in real.methods
+    # quick by default: no faithful preset, no null, no best-scale check; --thorough adds them
+    quick = request_from_args(build_parser().parse_args(["evaluate"]))
+    assert "faithful" not in quick.methods and quick.null_directions == 0
+    assert not quick.scale_quality
+    thorough = request_from_args(build_parser().parse_args(["evaluate", "--thorough"]))
+    assert "faithful" in thorough.methods and thorough.null_directions == 32
+    assert thorough.scale_quality
+    explicit = request_from_args(build_parser().parse_args(
+        ["evaluate", "--methods", "faithful", "--null", "4"]))
+    assert explicit.methods == ("faithful",) and explicit.null_directions == 4
 
 
 def test_task_bodies(tiny_lm, tmp_path, monkeypatch) -> None:

@@ -24,15 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", choices=["dev", "test"], default="dev",
                         help="planted word list (tune on dev only)")
     parser.add_argument("--methods", help="comma list of default,faithful,vocabproj,tokenchange,"
-                        "maxact (default: all)")
+                        "maxact (default: all but faithful; --thorough: all)")
+    parser.add_argument("--thorough", action="store_true",
+                        help="also the faithful preset, the random-direction null (32) and the "
+                        "best-scale check: several times slower than the quick default")
     parser.add_argument("--rerank", default=None,
                         help="selection strategies re-scored on the same samples "
                         "(default: composite,selfsim,entropy,consensus,roundtrip; 'none' to skip)")
     parser.add_argument("--no-classes", action="store_true", help="planted: words only")
     parser.add_argument("--no-scale-quality", action="store_true",
                         help="skip the best-scale check (label NLL per scale)")
-    parser.add_argument("--null", type=int, default=32,
-                        help="random directions per method for the failure-threshold null (0: skip)")
+    parser.add_argument("--null", type=int, default=None,
+                        help="random directions per method for the failure-threshold null "
+                        "(default 0; --thorough: 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; "
                         "1 is much faster when other jobs share the cores)")
@@ -52,8 +56,10 @@ def request_from_args(args: argparse.Namespace):
     from selfexplain.errors import InputError
     from selfexplain.evaluation.suite import DEFAULT_METHODS, RERANK_STRATEGIES, EvalRequest
 
+    thorough = getattr(args, "thorough", False)
     methods = (tuple(m.strip() for m in args.methods.split(",") if m.strip())
-               if args.methods else DEFAULT_METHODS)
+               if args.methods else DEFAULT_METHODS if thorough
+               else tuple(m for m in DEFAULT_METHODS if m != "faithful"))
     if args.suite == "planted" and not args.methods:
         methods = tuple(m for m in methods if m != "maxact")
     rerank = RERANK_STRATEGIES
@@ -63,8 +69,10 @@ def request_from_args(args: argparse.Namespace):
     try:
         return EvalRequest(
             suite=args.suite, limit=args.limit, split=args.split, methods=methods,
-            classes=not args.no_classes, rerank=rerank, scale_quality=not args.no_scale_quality,
-            null_directions=args.null, seed=args.seed, sae=args.sae, model=args.model,
+            classes=not args.no_classes, rerank=rerank,
+            scale_quality=thorough and not args.no_scale_quality,
+            null_directions=args.null if args.null is not None else 32 if thorough else 0,
+            seed=args.seed, sae=args.sae, model=args.model,
         )
     except ValidationError as err:
         first = err.errors()[0]

@@ -326,13 +326,20 @@ def _baseline_labels(lm: LoadedModel, method: str, directions, layer: int, reque
                                  k=request.baseline_k)
 
 
-def sample_features(stats: pl.DataFrame, limit: int, seed: int) -> list[int]:
+def sample_features(stats: pl.DataFrame, limit: int, seed: int,
+                    split: str | None = None) -> list[int]:
     """A seeded sample of `limit` live features (density > 0, with contexts), sorted.
+
+    `split` "dev" draws from even feature ids only, "test" from odd ones (latent order is
+    arbitrary, so parity is a fair split): method changes are tuned on DEV features, reported on
+    TEST ones.
 
     Stratified: up to half are single-token features (token recovery is scored on those only;
     they are about 1 in 7 of the default SAE), the rest are drawn from the other live features.
     """
     live = stats.filter((pl.col("density") > 0) & (pl.col("top_contexts").list.len() > 0))
+    if split is not None:
+        live = live.filter(pl.col("feature") % 2 == (0 if split == "dev" else 1))
     single = live.filter(pl.col("single_token"))["feature"].to_list()
     other = live.filter(~pl.col("single_token"))["feature"].to_list()
     rng = random.Random(seed)
@@ -350,13 +357,14 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
     from selfexplain.explain import SelfExplainer, explain_sae_features
 
     embedder = embedder or real.Embedder()
-    features = sample_features(stats, request.limit, request.seed)
+    features = sample_features(stats, request.limit, request.seed, request.split)
     if len(features) < 2:
         raise InputError("the SAE's feature stats have fewer than 2 live features")
     n_single = int(stats.filter(pl.col("feature").is_in(features))["single_token"].sum())
     out.notes.append(
-        f"real: {len(features)} live features of SAE {sae.release}/{sae.sae_id} (seeded sample, "
-        f"stratified: {n_single} single-token); token recovery on the single-token ones; embedding "
+        f"real: {len(features)} live {request.split.upper()} features (feature ids "
+        f"{'even' if request.split == 'dev' else 'odd'}) of SAE {sae.release}/{sae.sae_id} "
+        f"(seeded sample, stratified: {n_single} single-token); token recovery on the single-token ones; embedding "
         "AUROC = the label's MiniLM similarity to its own top contexts vs a deranged feature's"
     )
     frames = []
@@ -415,7 +423,7 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         _timed(out, f"real/{method}", began)
     items = pl.concat(frames)
     out.items["real"] = items
-    out.summaries.append(real.summarise_real(items, split="real"))
+    out.summaries.append(real.summarise_real(items, split=f"real-{request.split}"))
     out.summaries.extend(flag_frames)
 
 
