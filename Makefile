@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test test-fast bench ui corpus train-default-sae clean
+.PHONY: install run test test-fast bench bench-errors ui corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,18 +42,24 @@ test-fast: install
 BENCH_ARGS ?= --features 32 --naive-features 8 --words 16
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.errors
+
+# Every bad input of the CLI, timed as a user meets it (bench/errors.json).
+bench-errors: install
+	$(PY) -m bench.errors
 
 ui: install
 	bash scripts/ui.sh
 
-# Rebuild the embedded default SAE from scratch (about 15 minutes on 2 cores; see its CARD.md).
+# Rebuild the embedded default SAE from scratch (about 35 minutes on 2 cores; see its CARD.md).
 corpus: install
 	$(PY) scripts/build_corpus.py corpus
 
+# Resumable: killed or stopped, the same command continues from .sae-checkpoint/ (see CARD.md).
 train-default-sae: corpus
-	OMP_NUM_THREADS=1 $(VENV)/bin/selfexplain train-sae --layer 2 --width 4096 --k 32 --tokens 1000000 \
+	$(VENV)/bin/selfexplain train-sae --layer 2 --width 4096 --k 8 --tokens 20000000 \
 		--heldout-tokens 100000 --batch-tokens 1024 --seed 0 --corpus corpus \
-		--out src/selfexplain/data/default_sae --overwrite
+		--checkpoint-dir .sae-checkpoint --out src/selfexplain/data/default_sae --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache .prefect
