@@ -94,6 +94,10 @@ class ExplainConfig(BaseModel):
     post's value for self-similarity is 0.01. For the round trip, 0.3 is the highest threshold
     whose flags were all right on 60 DEV planted words (14 flagged, all with a wrong top 3; recall
     .56); random directions on the default model never read back above 0.15."""
+    direction: Literal["decoder", "input"] = "decoder"
+    """What is injected for an SAE latent: its unit decoder row (the published method) or its
+    typical input (the activation-weighted mean of the mean-free residuals it fires on, shipped
+    with the SAE as typical_inputs.safetensors). Other directions (words, vectors) ignore it."""
     seed: int = 0
     placeholder: str = "X"
     recover_token: bool = True
@@ -148,7 +152,8 @@ class ExplainConfig(BaseModel):
         itself, the ranking (the null reads the best of all candidates) and the batch size. It
         keys `layer_threshold` rows, so `relabel --layer-threshold` finds what `evaluate` drew."""
         return self._dump_hash(exclude={"preset", "failure_threshold", "batch_rows", "top_n",
-                                        "selection", "consensus_weight", "roundtrip_weight"})
+                                        "selection", "consensus_weight", "roundtrip_weight",
+                                        "direction"})
 
     def settings_hash(self) -> str:
         """Stable short hash of every setting except the seed's presentation; used in cache keys."""
@@ -157,6 +162,9 @@ class ExplainConfig(BaseModel):
     def _dump_hash(self, exclude: set[str] | None = None) -> str:
         import hashlib
 
+        exclude = set(exclude or ())
+        if self.direction == "decoder":  # a later field: runs stored before it keep their hash
+            exclude.add("direction")
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 PRESETS: dict[str, dict[str, object]] = {

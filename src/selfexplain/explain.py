@@ -385,9 +385,10 @@ def explain_sae_features(lm: LoadedModel, sae: SaeDirections, features: list[int
                          config: ExplainConfig, *, progress: Progress | None = None,
                          explainer: SelfExplainer | None = None,
                          ) -> tuple[list[FeatureExplanation], list[SkippedFeature]]:
-    """Explain SAE latents by their unit decoder rows; NaN/zero rows are skipped with a reason."""
+    """Explain SAE latents by their unit decoder rows (or typical inputs, `config.direction`);
+    NaN/zero rows are skipped with a reason."""
     sae.check_fits(lm.d_model, lm.n_layers)
-    directions, kept, skipped = sae.unit_directions(features)
+    directions, kept, skipped = sae.unit_directions(features, config.direction)
     explainer = explainer or SelfExplainer(lm, config)
     results = explainer.explain(directions, kept, progress=progress) if kept else []
     if progress is not None and skipped:

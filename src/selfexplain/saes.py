@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ DEFAULT_SAE = "default"
 DEFAULT_SAE_DIR = Path(__file__).parent / "data" / "default_sae"
 """The embedded SAE for the default model (sae-lens folder format)."""
 DEFAULT_SAE_RELEASE = "selfexplain-smollm2-135m-it"
+TYPICAL_INPUTS_FILE = "typical_inputs.safetensors"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class SaeDirections:
     """The block whose *input* residual the SAE reads (blocks.L.hook_resid_post -> L + 1)."""
     model_id: str | None
     """The model the SAE was trained on, if its config says."""
+    inputs: Tensor | None = None
+    """(d_sae, d_model) each latent's typical input (`stats.typical_inputs`), when the folder
+    ships `typical_inputs.safetensors`; explained with `ExplainConfig.direction = "input"`."""
 
     @property
     def d_sae(self) -> int:
@@ -58,22 +62,32 @@ class SaeDirections:
                 f"{n_layers} blocks: pick the SAE trained on this model"
             )
 
-    def unit_directions(self, features: list[int]) -> tuple[Tensor, list[int], dict[int, str]]:
-        """Unit-norm decoder rows for `features`.
+    def unit_directions(self, features: list[int], source: str = "decoder",
+                        ) -> tuple[Tensor, list[int], dict[int, str]]:
+        """Unit-norm decoder rows (or, `source` "input", typical inputs) for `features`.
 
         Returns (directions (n_ok, d_model), the features kept, {feature: reason skipped}) so that a
         NaN, infinite or zero row skips that feature with a reason instead of stopping the run.
         """
         check_features(features, self.d_sae)
-        rows = self.decoder[torch.tensor(features, dtype=torch.long)].float()  # (n, d_model)
+        if source == "input" and self.inputs is None:
+            raise InputError(
+                f"SAE {self.release}/{self.sae_id} ships no typical inputs "
+                f"({TYPICAL_INPUTS_FILE}): use --direction decoder, or compute them with "
+                "`selfexplain train-sae` statistics"
+            )
+        matrix = self.inputs if source == "input" else self.decoder
+        what = "typical input" if source == "input" else "decoder row"
+        rows = matrix[torch.tensor(features, dtype=torch.long)].float()  # (n, d_model)
         norms = rows.norm(dim=-1)  # (n,)
         kept: list[int] = []
         skipped: dict[int, str] = {}
         for i, feature in enumerate(features):
             if not torch.isfinite(rows[i]).all():
-                skipped[feature] = "decoder row contains NaN or infinity"
+                skipped[feature] = f"{what} contains NaN or infinity"
             elif float(norms[i]) < 1e-8:
-                skipped[feature] = "decoder row is zero"
+                skipped[feature] = f"{what} is zero (the feature never fired on held-out text)" \
+                    if source == "input" else "decoder row is zero"
             else:
                 kept.append(i)
         index = torch.tensor(kept, dtype=torch.long)
@@ -207,7 +221,26 @@ def load_sae_folder(path: Path, release: str | None = None) -> SaeDirections:
             f"cannot load SAE folder {path}: {type(err).__name__}: {first}; its cfg.json or "
             "weights are corrupt, truncated or do not match: copy or export the SAE again"
         ) from None
-    return _checked(_from_sae_lens(sae, release or f"local:{path.name}", path.name), path)
+    loaded = _from_sae_lens(sae, release or f"local:{path.name}", path.name)
+    return _checked(replace(loaded, inputs=_typical_inputs(path, loaded.decoder.shape)), path)
+
+
+def _typical_inputs(folder: Path, shape: torch.Size) -> Tensor | None:
+    """The folder's typical inputs, if it ships them with the decoder's shape."""
+    from safetensors.torch import load_file
+
+    path = folder / TYPICAL_INPUTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        inputs = load_file(str(path))["typical_inputs"].float()
+    except Exception as err:  # a torn or foreign file
+        raise SaeLoadError(f"cannot read {path}: {type(err).__name__}; compute the statistics "
+                           "again or delete the file") from None
+    if inputs.shape != shape:
+        raise SaeLoadError(f"{path} has shape {tuple(inputs.shape)} but the decoder is "
+                           f"{tuple(shape)}: it belongs to another SAE; compute it again")
+    return inputs
 
 
 def _checked(sae: SaeDirections, where: Path | str) -> SaeDirections:

@@ -244,6 +244,45 @@ def stats_from_activations(lm: LoadedModel, sae, windows: Tensor, acts: Tensor, 
     return frame if layer is None else token_alignment(lm, directions, frame, layer)
 
 
+@torch.inference_mode()
+def typical_inputs(sae, acts: Tensor, *, batch: int = 4096) -> Tensor:
+    """Each latent's typical input: the activation-weighted mean of the mean-free residuals where
+    it fires. (d_sae, d_model); a zero row for a latent that never fired.
+
+    `sae` is a sae_lens SAE; `acts` (n, d_model) the held-out residuals it reads. For a
+    single-token feature this is close to its token's own planted direction, whatever the decoder
+    row learned; `ExplainConfig.direction = "input"` explains this instead of the decoder row.
+    """
+    mean = acts.float().mean(0)  # (d_model,)
+    d_sae = int(sae.cfg.d_sae)
+    sums = torch.zeros(d_sae, acts.shape[1], dtype=torch.float64)
+    mass = torch.zeros(d_sae, dtype=torch.float64)
+    for start in range(0, acts.shape[0], batch):
+        x = acts[start:start + batch].float()
+        codes = sae.encode(x).float()  # (b, d_sae)
+        sums += (codes.T @ (x - mean)).double()  # (d_sae, d_model)
+        mass += codes.sum(0).double()
+    return (sums / mass.clamp_min(1e-12)[:, None]).float()
+
+
+def write_typical_inputs(inputs: Tensor, sae_dir: Path) -> Path:
+    """Write `typical_inputs.safetensors` (float16) into an SAE folder atomically."""
+    from safetensors.torch import save_file
+
+    from selfexplain.saes import TYPICAL_INPUTS_FILE
+
+    target = Path(sae_dir) / TYPICAL_INPUTS_FILE
+    partial = target.with_name(target.name + ".partial")
+    try:
+        save_file({"typical_inputs": inputs.half().contiguous()}, str(partial))
+        partial.chmod(0o644)
+        partial.replace(target)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise InputError(f"cannot write {target}: {err.strerror or err}") from None
+    return target
+
+
 def write_feature_stats(frame: pl.DataFrame, sae_dir: Path) -> Path:
     """Write `feature_stats.parquet` into an SAE folder atomically (temp file, then rename)."""
     target = Path(sae_dir) / STATS_FILE

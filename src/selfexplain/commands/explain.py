@@ -43,6 +43,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--failure-metric", choices=["selfsim", "roundtrip"],
                         help="what the failure flag reads (default: roundtrip; faithful: selfsim)")
     parser.add_argument("--failure-threshold", type=float)
+    parser.add_argument("--direction", choices=["decoder", "input"],
+                        help="SAE latents: inject the decoder row (default) or the latent's "
+                        "typical input")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -61,6 +64,7 @@ def config_from_args(args: argparse.Namespace):
         max_new_tokens=args.max_new_tokens,
         failure_metric=args.failure_metric,
         failure_threshold=args.failure_threshold,
+        direction=args.direction,
     )
 
 
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         features = parse_features(args.features)
         sae = load_sae(args.sae)
         check_features(features, sae.d_sae)
+        sae.unit_directions(features[:1], config.direction)  # an SAE without typical inputs
     elif args.vector:
         from selfexplain.vectors import load_vectors
 

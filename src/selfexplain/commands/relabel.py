@@ -10,7 +10,7 @@ from pathlib import Path
 from selfexplain.commands.explain import add_config_arguments
 
 OVERRIDE_FLAGS = ("scale_unit", "selection", "placeholder", "injection_layer", "probe_layer",
-                  "max_new_tokens", "failure_metric", "failure_threshold")
+                  "max_new_tokens", "failure_metric", "failure_threshold", "direction")
 """Engine flags that travel in the request's `overrides` (preset/scales/samples/seed have fields)."""
 
 
@@ -66,6 +66,10 @@ def preflight(request) -> None:
     sae = sae_info(request.sae)
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
+    if request.config().direction == "input":  # an SAE without typical inputs: say so now
+        from tasks.sae import cached_sae
+
+        cached_sae(request.sae).unit_directions(features[:1], "input")
     if request.layer_threshold:  # none stored yet: say so before anything starts
         from tasks.explain import resolve_layer_threshold
 
@@ -123,8 +127,9 @@ def _preview(warehouse: str, summary: dict) -> None:
         labels = wh.query(
             "SELECT feature, left(regexp_replace(label, '\\s+', ' ', 'g'), 60) AS label, "
             "left(regexp_replace(recovered_token, '\\s+', ' ', 'g'), 24) AS recovered_token, "
-            "round(scale, 1) AS scale, round(max_roundtrip, 3) AS round_trip, failed "
-            "FROM v_feature_labels "
+            "round(scale, 1) AS scale, round(max_roundtrip, 3) AS round_trip, failed, "
+            "left(array_to_string(list_transform(top_tokens[1:4], t -> trim(t)), ' | '), 40) "
+            "AS fires_on FROM v_feature_labels "
             "WHERE release = ? AND sae_id = ? ORDER BY feature",
             [summary["release"], summary["sae_id"]])
         skipped = wh.query(
