@@ -95,11 +95,14 @@ def train_sae_task(model: str, corpus_dir: str, out_dir: str, config: TrainSaeCo
 
 @task(name="feature-stats", cache_policy=NO_CACHE)
 def feature_stats_task(model: str, sae_dir: str, corpus_dir: str, tokens: int) -> str:
-    """Compute the statistics over held-out text and write feature_stats.parquet next to the SAE."""
-    from selfexplain.stats import compute_feature_stats, write_feature_stats
+    """Compute the statistics over held-out text and write feature_stats.parquet and
+    typical_inputs.safetensors next to the SAE."""
+    from selfexplain.stats import STATS_FILE, heldout_activations, write_sae_statistics
 
-    frame = compute_feature_stats(_model(model), Path(sae_dir), Path(corpus_dir), tokens=tokens)
-    return str(write_feature_stats(frame, Path(sae_dir)))
+    lm = _model(model)
+    sae, windows, acts = heldout_activations(lm, Path(sae_dir), Path(corpus_dir), tokens=tokens)
+    write_sae_statistics(lm, sae, Path(sae_dir), windows, acts)
+    return str(Path(sae_dir) / STATS_FILE)
 
 
 @task(name="feature-stats-rows", cache_policy=NO_CACHE)

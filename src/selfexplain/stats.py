@@ -190,6 +190,23 @@ def compute_feature_stats(lm: LoadedModel, sae_dir: Path, corpus_dir: Path, *,
     The held-out documents are those `train_sae` held out (same seed and context length, read
     from the SAE's cfg.json when it was trained here), so the statistics describe unseen text.
     """
+    sae, windows, acts = heldout_activations(lm, sae_dir, corpus_dir, tokens=tokens)
+    return stats_from_activations(lm, sae, windows, acts, batch=batch)
+
+
+def write_sae_statistics(lm: LoadedModel, sae, sae_dir: Path, windows: Tensor,
+                         acts: Tensor) -> pl.DataFrame:
+    """Compute and write both files that ship beside an SAE: feature_stats.parquet and
+    typical_inputs.safetensors (from held-out `windows` and their activations `acts`)."""
+    frame = stats_from_activations(lm, sae, windows, acts)
+    write_feature_stats(frame, Path(sae_dir))
+    write_typical_inputs(typical_inputs(sae, acts), Path(sae_dir))
+    return frame
+
+
+def heldout_activations(lm: LoadedModel, sae_dir: Path, corpus_dir: Path, *,
+                        tokens: int = 100_000) -> tuple[object, Tensor, Tensor]:
+    """(the sae_lens SAE, held-out windows (n, context), their activations at its layer)."""
     from sae_lens import SAE
 
     from selfexplain.corpus import token_chunks
@@ -214,7 +231,7 @@ def compute_feature_stats(lm: LoadedModel, sae_dir: Path, corpus_dir: Path, *,
     if len(split.heldout) == 0:
         raise InputError(f"corpus {corpus_dir} has no held-out documents to compute statistics on")
     acts = collect_activations(lm, split.heldout, [layer], desc="collect held-out")[layer]
-    return stats_from_activations(lm, sae, split.heldout, acts, batch=batch)
+    return sae, split.heldout, acts
 
 
 @torch.inference_mode()

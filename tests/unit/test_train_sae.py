@@ -228,6 +228,11 @@ def test_cli_trains_and_writes_statistics(tmp_path, capsys):
     stats = load_feature_stats(tmp_path / "sae")
     assert stats.height == 16
     assert 0 < stats["density"].sum() <= 2.0 + 1e-9  # at most k active per token
+    from selfexplain.saes import load_sae
+
+    inputs = load_sae(str(tmp_path / "sae")).inputs  # typical inputs ship beside the statistics
+    assert inputs is not None and inputs.shape == (16, lm.d_model)
+    assert ((inputs.norm(dim=-1) > 0) == torch.tensor((stats["density"] > 0).to_list())).all()
     assert cli_main(args) == 2  # the folder exists now
     assert "already exists" in capsys.readouterr().err
     assert cli_main(args[:-4] + ["--k", "99", "--seed", "0"]) == 2
@@ -278,3 +283,4 @@ def test_tasks_write_folder_and_statistics(tmp_path):
     # the task recomputes the held-out activations: the same documents the trainer held out
     assert sum(stats["density"]) == pytest.approx(report["l0"], rel=1e-5)
     assert rows.columns[:3] == ["release", "sae_id", "feature"] and rows.height == 32
+    assert (tmp_path / "sae" / "typical_inputs.safetensors").is_file()

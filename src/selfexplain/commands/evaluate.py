@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--null", type=int, default=None,
                         help="random directions per method for the failure-threshold null "
                         "(default 0; --thorough: 32)")
+    parser.add_argument("--direction", choices=["decoder", "input"], default=None,
+                        help="real suite: inject each latent's decoder row (default) or its "
+                        "typical input")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; "
                         "1 is much faster when other jobs share the cores)")
@@ -73,6 +76,7 @@ def request_from_args(args: argparse.Namespace):
             scale_quality=thorough and not args.no_scale_quality,
             null_directions=args.null if args.null is not None else 32 if thorough else 0,
             seed=args.seed, sae=args.sae, model=args.model,
+            overrides={"direction": args.direction} if getattr(args, "direction", None) else {},
         )
     except ValidationError as err:
         first = err.errors()[0]

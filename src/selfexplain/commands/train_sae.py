@@ -60,12 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{out} already exists and is not empty: pass --overwrite or a new --out")
 
     from selfexplain.models import load_model
-    from selfexplain.stats import (
-        stats_from_activations,
-        typical_inputs,
-        write_feature_stats,
-        write_typical_inputs,
-    )
+    from selfexplain.stats import write_sae_statistics
     from selfexplain.train_sae import train_sae
 
     if args.checkpoint_dir is not None and (args.checkpoint_dir / "checkpoint.pt").exists():
@@ -83,10 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_stats and trained.heldout.shape[0] > 0:
         from sae_lens import SAE
 
-        sae = SAE.load_from_disk(str(out))
-        frame = stats_from_activations(lm, sae, trained.heldout_windows, trained.heldout)
-        write_feature_stats(frame, out)
-        write_typical_inputs(typical_inputs(sae, trained.heldout), out)
+        frame = write_sae_statistics(lm, SAE.load_from_disk(str(out)), out,
+                                     trained.heldout_windows, trained.heldout)
         alive = frame.filter(frame["density"] > 0)
         report["single_token_fraction"] = float(alive["single_token"].mean()) if alive.height else 0.0
     print(json.dumps(report))
