@@ -284,3 +284,17 @@ def test_tasks_write_folder_and_statistics(tmp_path):
     assert sum(stats["density"]) == pytest.approx(report["l0"], rel=1e-5)
     assert rows.columns[:3] == ["release", "sae_id", "feature"] and rows.height == 32
     assert (tmp_path / "sae" / "typical_inputs.safetensors").is_file()
+
+
+def test_gcide_entry_is_plain_prose():
+    from selfexplain.corpus import _gcide_entry
+
+    entry = ['Abdomen \\Ab*do"men\\, n. [L. abdomen (a word of uncertain', '   etymol.): cf. F.',
+             '   abdomen.]', '   1. (Anat.) The belly, or that part of the body between the',
+             '      thorax and the pelvis; see {Abdominal ring}.', '      [1913 Webster]', '',
+             '   2. (Zool.) The posterior section of the body.', '      [1913 Webster]']
+    assert _gcide_entry(entry) == ("Abdomen n. 1. (Anat.) The belly, or that part of the body "
+                                   "between the thorax and the pelvis; see Abdominal ring. 2. "
+                                   "(Zool.) The posterior section of the body.")
+    assert _gcide_entry(["00-database-info", "  This file was converted"]) == ""
+    assert _gcide_entry(["   indented continuation only"]) == ""
