@@ -128,7 +128,7 @@ def _preview(warehouse: str, summary: dict) -> None:
             "SELECT feature, left(regexp_replace(label, '\\s+', ' ', 'g'), 60) AS label, "
             "left(regexp_replace(recovered_token, '\\s+', ' ', 'g'), 24) AS recovered_token, "
             "round(scale, 1) AS scale, round(max_roundtrip, 3) AS round_trip, failed, "
-            "left(array_to_string(list_transform(top_tokens[1:4], t -> trim(t)), ' | '), 40) "
+            "left(array_to_string(list_transform(top_tokens[1:4], lambda t: trim(t)), ' | '), 40) "
             "AS fires_on FROM v_feature_labels "
             "WHERE release = ? AND sae_id = ? ORDER BY feature",
             [summary["release"], summary["sae_id"]])
