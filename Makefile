@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test test-fast bench bench-errors ui corpus train-default-sae clean
+.PHONY: install run test test-fast bench bench-errors ui browse chromium corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,18 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/selfexplain relabel --model default --sae default --features $(FEATURES) --warehouse $(WAREHOUSE)
 
-test: install
+test: install chromium
 	$(PY) -m pytest -q
+
+# The browser tests drive Debian's headless Chromium: install it when missing (root, or sudo).
+chromium:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# The feature browser on http://127.0.0.1:8765 over the warehouse that make run fills.
+browse: install
+	$(VENV)/bin/selfexplain browse --warehouse $(WAREHOUSE)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

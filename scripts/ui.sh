@@ -18,8 +18,10 @@ mkdir -p "$PREFECT_HOME" inbox
 "$PREFECT" server start --host "$HOST" --port "$PORT" >"$PREFECT_HOME/server.log" 2>&1 &
 server=$!
 serve=
+browser=
 stop() {  # the runner first (it pauses its deployments through the API), then the server
   trap - INT TERM
+  [ -n "$browser" ] && kill "$browser" 2>/dev/null || true
   if [ -n "$serve" ]; then
     kill -TERM "$serve" 2>/dev/null || true
     for _ in $(seq 1 20); do kill -0 "$serve" 2>/dev/null || break; sleep 1; done
@@ -45,6 +47,13 @@ done
 echo " up"
 echo "UI: http://$HOST:$PORT   (server log: $PREFECT_HOME/server.log)"
 echo "start a run:  $PREFECT deployment run relabel/relabel   or drop an SAE folder into inbox/"
+WAREHOUSE=${WAREHOUSE:-warehouse.duckdb}
+if [ -f "$WAREHOUSE" ]; then  # the feature browser beside the UI, read-only
+  .venv/bin/selfexplain browse --warehouse "$WAREHOUSE" --port "${BROWSE_PORT:-8765}" &
+  browser=$!
+else
+  echo "feature browser: no $WAREHOUSE yet (make run fills it; then make browse)"
+fi
 "$PY" -m flows.serve "$@" &
 serve=$!
 wait "$serve" || true
