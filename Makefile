@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test test-fast bench bench-errors ui browse chromium corpus train-default-sae clean
+.PHONY: install run test test-fast bench bench-errors bench-browse ui browse chromium corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ BENCH_ARGS ?= --features 32 --naive-features 8 --words 16
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.errors
+
+# The feature browser's table page on a 100k-feature warehouse (bench/browse.json).
+bench-browse: install
+	$(PY) -m bench.browse
 
 # Every bad input of the CLI, timed as a user meets it (bench/errors.json).
 bench-errors: install
