@@ -64,12 +64,15 @@ class SaeDirections:
 
     def unit_directions(self, features: list[int], source: str = "decoder",
                         ) -> tuple[Tensor, list[int], dict[int, str]]:
-        """Unit-norm decoder rows (or, `source` "input", typical inputs) for `features`.
+        """Unit-norm decoder rows (or, `source` "input", typical inputs; "auto": typical inputs
+        when this SAE ships them, else decoder rows) for `features`.
 
         Returns (directions (n_ok, d_model), the features kept, {feature: reason skipped}) so that a
         NaN, infinite or zero row skips that feature with a reason instead of stopping the run.
         """
         check_features(features, self.d_sae)
+        if source == "auto":
+            source = "decoder" if self.inputs is None else "input"
         if source == "input" and self.inputs is None:
             raise InputError(
                 f"SAE {self.release}/{self.sae_id} ships no typical inputs "

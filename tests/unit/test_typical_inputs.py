@@ -76,9 +76,21 @@ def test_inputs_of_another_sae_are_refused(tmp_path):
         load_sae(str(folder))
 
 
+def test_auto_reads_typical_inputs_only_when_shipped(tmp_path):
+    folder = write_sae_folder(tmp_path / "sae", 32, 6)
+    plain = load_sae(str(folder))
+    assert torch.equal(plain.unit_directions([1], "auto")[0], plain.unit_directions([1])[0])
+    write_typical_inputs(torch.randn(6, 32), folder)
+    shipped = load_sae(str(folder))
+    assert torch.equal(shipped.unit_directions([1], "auto")[0],
+                       shipped.unit_directions([1], "input")[0])
+    assert ExplainConfig.from_preset("default").direction == "auto"
+    assert ExplainConfig.from_preset("faithful").direction == "decoder"
+
+
 def test_direction_leaves_the_decoder_hash_alone():
-    decoder = ExplainConfig.from_preset("default")
-    other = ExplainConfig.from_preset("default", direction="input")
+    decoder = ExplainConfig.from_preset("faithful")
+    other = ExplainConfig.from_preset("faithful", direction="input")
     assert "direction" not in decoder.model_dump_json(exclude={"direction"})
     assert decoder.settings_hash() != other.settings_hash()
     assert decoder.null_hash() == other.null_hash()  # random directions are not SAE latents

@@ -37,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--null", type=int, default=None,
                         help="random directions per method for the failure-threshold null "
                         "(default 0; --thorough: 32)")
-    parser.add_argument("--direction", choices=["decoder", "input"], default=None,
-                        help="real suite: inject each latent's decoder row (default) or its "
-                        "typical input")
+    parser.add_argument("--direction", choices=["decoder", "input", "auto"], default=None,
+                        help="real suite: inject each latent's decoder row, its typical input, "
+                        "or auto (the preset's own: default auto, faithful decoder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; "
                         "1 is much faster when other jobs share the cores)")

@@ -43,9 +43,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--failure-metric", choices=["selfsim", "roundtrip"],
                         help="what the failure flag reads (default: roundtrip; faithful: selfsim)")
     parser.add_argument("--failure-threshold", type=float)
-    parser.add_argument("--direction", choices=["decoder", "input"],
-                        help="SAE latents: inject the decoder row (default) or the latent's "
-                        "typical input")
+    parser.add_argument("--direction", choices=["decoder", "input", "auto"],
+                        help="SAE latents: inject the decoder row, the latent's typical input, "
+                        "or auto: the typical input when the SAE ships it (default preset)")
 
 
 def config_from_args(args: argparse.Namespace):

@@ -66,7 +66,7 @@ def preflight(request) -> None:
     sae = sae_info(request.sae)
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
-    if request.config().direction == "input":  # an SAE without typical inputs: say so now
+    if request.config().direction != "decoder":  # an SAE without typical inputs: say so now
         from tasks.sae import cached_sae
 
         cached_sae(request.sae).unit_directions(features[:1], "input")
