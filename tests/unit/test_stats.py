@@ -241,11 +241,12 @@ def test_show_label_from_warehouse(tmp_path, tokenizer, capsys):
 
 
 def test_shipped_default_sae_and_statistics():
-    """The embedded default: a sae-lens TopK folder for block 2, fp16 under 20 MB, full stats."""
-    from selfexplain.saes import DEFAULT_SAE_DIR
+    """The embedded default: a sae-lens TopK folder for block 2, fp16 under 40 MB in all, full
+    stats, token alignment and typical inputs."""
+    from selfexplain.saes import DEFAULT_SAE_DIR, load_sae
 
     cfg = json.loads((DEFAULT_SAE_DIR / "cfg.json").read_text())
-    assert cfg["architecture"] == "topk" and cfg["k"] == 32 and cfg["d_sae"] == 4096
+    assert cfg["architecture"] == "topk" and cfg["k"] == 8 and cfg["d_sae"] == 4096
     assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_pre"
     assert cfg["metadata"]["sae_lens_version"]
     assert (DEFAULT_SAE_DIR / "sae_weights.safetensors").stat().st_size < 20 * 2**20
@@ -259,3 +260,11 @@ def test_shipped_default_sae_and_statistics():
     assert all(0 < len(c) <= 20 for c in live["top_contexts"].to_list())
     assert all("«" in c[0]["text"] and "»" in c[0]["text"] for c in live["top_contexts"].to_list())
     assert all(len(v) == 10 for v in stats["vocabproj_tokens"].to_list())
+    assert sum(p.stat().st_size for p in DEFAULT_SAE_DIR.iterdir()) < 40 * 2**20
+    aligned = stats.filter(pl.col("single_token"))["token_alignment"]
+    assert aligned.null_count() < 0.1 * len(aligned)  # tokens that are only whitespace have none
+    assert stats.filter(~pl.col("single_token"))["token_alignment"].null_count() == stats.filter(
+        ~pl.col("single_token")).height
+    inputs = load_sae("default").inputs
+    assert inputs is not None and inputs.shape == (4096, 576)
+    assert ((inputs.norm(dim=-1) > 0) == torch.tensor((stats["density"] > 0).to_list())).all()
