@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -31,6 +31,23 @@ from selfexplain.browse.charts import sweep_svg
 from selfexplain.warehouse import Warehouse, open_reader
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+
+def feature_filter(
+    q: str = Query("", max_length=200),
+    flagged: str = Query("any", pattern="^(any|yes|no)$"),
+    rt_min: float | None = None, rt_max: float | None = None,
+    density_min: float | None = Query(None, ge=0), density_max: float | None = Query(None, ge=0),
+    sort: str = Query("feature", pattern="^(" + "|".join(queries.SORTS) + ")$"),
+    desc: bool = False,
+    page: int = Query(1, ge=1),
+    size: int = Query(queries.PAGE_SIZE, ge=1, le=queries.MAX_PAGE_SIZE),
+) -> queries.FeatureFilter:
+    """The feature table's query parameters, validated (a bad one is a 400 naming it)."""
+    return queries.FeatureFilter(
+        q=q.strip(), flagged={"yes": True, "no": False}.get(flagged), rt_min=rt_min,
+        rt_max=rt_max, density_min=density_min, density_max=density_max, sort=sort, desc=desc,
+        page=page, size=size)
 
 
 class NotFound(Exception):
@@ -98,21 +115,6 @@ def create_app(warehouse: str | Path) -> FastAPI:
             raise NotFound(f"feature {index} of {release}/{sae_id} has no label in this warehouse")
         return dict(detail, note=note)
 
-    def filters(q: str, flagged: str, rt_min: float | None, rt_max: float | None,
-                density_min: float | None, density_max: float | None, sort: str, desc: bool,
-                page_: int, size: int) -> queries.FeatureFilter:
-        return queries.FeatureFilter(
-            q=q.strip()[:200], flagged={"yes": True, "no": False}.get(flagged),
-            rt_min=rt_min, rt_max=rt_max, density_min=density_min, density_max=density_max,
-            sort=sort, desc=desc, page=page_, size=size)
-
-    table_params = dict(
-        q=Query("", max_length=200), flagged=Query("any", pattern="^(any|yes|no)$"),
-        rt_min=Query(None), rt_max=Query(None), density_min=Query(None, ge=0),
-        density_max=Query(None, ge=0), sort=Query("feature", pattern="^(" + "|".join(
-            queries.SORTS) + ")$"), desc=Query(False), page_=Query(1, ge=1, alias="page"),
-        size=Query(queries.PAGE_SIZE, ge=1, le=queries.MAX_PAGE_SIZE))
-
     @app.get("/", response_class=HTMLResponse)
     def home() -> HTMLResponse:
         rows, note = sae_list()
@@ -125,33 +127,15 @@ def create_app(warehouse: str | Path) -> FastAPI:
 
     @app.get("/features", response_class=HTMLResponse)
     def features_page(request: Request, release: str, sae_id: str,
-                      q: str = table_params["q"], flagged: str = table_params["flagged"],
-                      rt_min: float | None = table_params["rt_min"],
-                      rt_max: float | None = table_params["rt_max"],
-                      density_min: float | None = table_params["density_min"],
-                      density_max: float | None = table_params["density_max"],
-                      sort: str = table_params["sort"], desc: bool = table_params["desc"],
-                      page_: int = table_params["page_"], size: int = table_params["size"],
-                      ) -> HTMLResponse:
-        filt = filters(q, flagged, rt_min, rt_max, density_min, density_max, sort, desc, page_,
-                       size)
+                      filt: queries.FeatureFilter = Depends(feature_filter)) -> HTMLResponse:
         data = feature_table(release, sae_id, filt)
-        query = dict(request.query_params)
+        flagged = {True: "yes", False: "no"}.get(filt.flagged, "any")  # type: ignore[arg-type]
         return page("features.html", title=f"{release}/{sae_id}", filt=filt, flagged=flagged,
-                    query=query, sorts=list(queries.SORTS), **data)
+                    query=dict(request.query_params), sorts=list(queries.SORTS), **data)
 
     @app.get("/api/features")
     def api_features(release: str, sae_id: str,
-                     q: str = table_params["q"], flagged: str = table_params["flagged"],
-                     rt_min: float | None = table_params["rt_min"],
-                     rt_max: float | None = table_params["rt_max"],
-                     density_min: float | None = table_params["density_min"],
-                     density_max: float | None = table_params["density_max"],
-                     sort: str = table_params["sort"], desc: bool = table_params["desc"],
-                     page_: int = table_params["page_"], size: int = table_params["size"],
-                     ) -> JSONResponse:
-        filt = filters(q, flagged, rt_min, rt_max, density_min, density_max, sort, desc, page_,
-                       size)
+                     filt: queries.FeatureFilter = Depends(feature_filter)) -> JSONResponse:
         data = feature_table(release, sae_id, filt)
         return JSONResponse(queries.jsonable({k: v for k, v in data.items() if k != "note"}))
 
