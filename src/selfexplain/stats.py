@@ -288,24 +288,21 @@ def write_typical_inputs(inputs: Tensor, sae_dir: Path) -> Path:
 
     from selfexplain.saes import TYPICAL_INPUTS_FILE
 
-    target = Path(sae_dir) / TYPICAL_INPUTS_FILE
-    partial = target.with_name(target.name + ".partial")
-    try:
-        save_file({"typical_inputs": inputs.half().contiguous()}, str(partial))
-        partial.chmod(0o644)
-        partial.replace(target)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise InputError(f"cannot write {target}: {err.strerror or err}") from None
-    return target
+    return _write_atomically(Path(sae_dir) / TYPICAL_INPUTS_FILE, lambda partial: save_file(
+        {"typical_inputs": inputs.half().contiguous()}, str(partial)))
 
 
 def write_feature_stats(frame: pl.DataFrame, sae_dir: Path) -> Path:
     """Write `feature_stats.parquet` into an SAE folder atomically (temp file, then rename)."""
-    target = Path(sae_dir) / STATS_FILE
+    return _write_atomically(Path(sae_dir) / STATS_FILE, frame.write_parquet)
+
+
+def _write_atomically(target: Path, write: Callable[[Path], object]) -> Path:
+    """`write(partial)`, then rename onto `target` (readable by all); nothing left on error."""
     partial = target.with_name(target.name + ".partial")
     try:
-        frame.write_parquet(partial)
+        write(partial)
+        partial.chmod(0o644)  # safetensors writes 0600; the folder is meant to be shared
         partial.replace(target)
     except OSError as err:
         partial.unlink(missing_ok=True)
