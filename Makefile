@@ -45,7 +45,7 @@ chromium:
 browse: install
 	$(VENV)/bin/selfexplain browse --warehouse $(WAREHOUSE)
 
-test-fast: install
+test-fast: install chromium
 	$(PY) -m pytest -q -m "not slow"
 
 # The naive side's cost per feature is constant, so it runs on the first 8 of the 32 features.
