@@ -6,7 +6,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from selfexplain.errors import InputError
 from selfexplain.models import DEFAULT_MODEL_ID
+from selfexplain.saes import installed_registry_path
 from selfexplain.warehouse import Warehouse, frame, utc_now
 from tasks.retry import retry_transient
 from tasks.store import _WRITER
@@ -75,14 +75,6 @@ class SaeEntry:
     @property
     def key(self) -> tuple[str, str]:
         return (self.release, self.sae_id)
-
-
-def installed_registry_path() -> Path:
-    """sae-lens's `pretrained_saes.yaml`, found without importing sae-lens (seconds saved)."""
-    spec = importlib.util.find_spec("sae_lens")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("sae-lens is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "pretrained_saes.yaml"
 
 
 def _text(value: object, where: str, field: str, required: bool = False,

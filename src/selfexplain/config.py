@@ -170,6 +170,20 @@ class ExplainConfig(BaseModel):
             exclude.add("direction")
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
+def check_layers(injection_layer: int, probe_layer: int | None, n_layers: int) -> None:
+    """Raise InputError when the injection or probe layer does not fit a model of `n_layers`
+    blocks (`probe_layer` None: not set, only the injection layer is checked)."""
+    if injection_layer >= n_layers:
+        raise InputError(
+            f"injection layer {injection_layer} is beyond the model's {n_layers} blocks"
+        )
+    if probe_layer is not None and not injection_layer < probe_layer < n_layers:
+        raise InputError(
+            f"probe layer {probe_layer} must lie between the injection layer "
+            f"{injection_layer} and the model's {n_layers} blocks"
+        )
+
+
 PRESETS: dict[str, dict[str, object]] = {
     # The post's recipe: absolute 0-200 grids, 64 metric scales, one sample at each of 32 scales,
     # composite with alpha 0.4, scales under 10 never chosen.

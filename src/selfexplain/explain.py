@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from selfexplain.config import ExplainConfig
+from selfexplain.config import ExplainConfig, check_layers
 from selfexplain.errors import InputError
 from selfexplain.forward import PrefixCache, prompt_pass, residual_norm
 from selfexplain.generate import row_seed, sample_continuations
@@ -69,15 +69,7 @@ class SelfExplainer:
         self.config = config
         self.injection_layer = config.injection_layer
         self.probe_layer = config.probe_layer or lm.default_probe_layer()
-        if self.injection_layer >= lm.n_layers:
-            raise InputError(
-                f"injection layer {self.injection_layer} is beyond the model's {lm.n_layers} blocks"
-            )
-        if not self.injection_layer < self.probe_layer < lm.n_layers:
-            raise InputError(
-                f"probe layer {self.probe_layer} must lie between the injection layer "
-                f"{self.injection_layer} and the model's {lm.n_layers} blocks"
-            )
+        check_layers(self.injection_layer, self.probe_layer, lm.n_layers)
         self.unit = 1.0
         if config.scale_unit == "relative":
             self.unit = residual_norm(lm, self.injection_layer, list(NORM_TEXTS))

@@ -117,6 +117,28 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "selfexplain"
 
 
+def peek_dims(spec: str, cache_dir: Path | None = None) -> tuple[int, int] | None:
+    """(blocks, d_model) read from a config.json without loading weights: the de-quantised cache
+    of the default model, or a local transformers folder. None when that needs the full load
+    (first run, a GGUF file, a hub id): the load then checks as before."""
+    if spec == DEFAULT_MODEL:
+        folders = sorted(Path(cache_dir or default_cache_dir()).glob(
+            f"gguf-{DEFAULT_GGUF_SHA256[:16]}"))
+        folder = folders[0] if folders and (folders[0] / CACHE_COMPLETE).is_file() else None
+    else:
+        folder = Path(spec).expanduser()
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    try:
+        import json
+
+        config = json.loads((folder / "config.json").read_text())
+        config = config.get("text_config", config)  # multimodal wrappers keep it inside
+        return int(config["num_hidden_layers"]), int(config["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", cache_dir: Path | None = None) -> LoadedModel:
     """Load `default`, a `.gguf` file, a local HF folder, or a hub id (needs network or HF cache).

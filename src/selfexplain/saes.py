@@ -7,6 +7,7 @@ seconds and pulls dozens of packages, and most stages never need it.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import re
 from dataclasses import dataclass, replace
@@ -153,6 +154,26 @@ def resid_layer_of(hook_name: str | None) -> int | None:
     return layer + 1 if match.group(2) == "post" else layer
 
 
+def peek_width(spec: str) -> int | None:
+    """The SAE's number of latents, read from its cfg.json or safetensors header without loading
+    it (sae-lens costs seconds to import); None when it cannot be told cheaply (a registry id,
+    a damaged file: the full load then says what is wrong)."""
+    path = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec).expanduser()
+    try:
+        if path.is_dir():
+            width = json.loads((path / "cfg.json").read_text()).get("d_sae")
+            return width if isinstance(width, int) and width > 0 else None
+        if spec.endswith(".safetensors") and path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                shape = handle.get_slice("W_dec").get_shape()
+            return int(shape[0]) if len(shape) == 2 and shape[0] > 0 else None
+    except Exception:  # unreadable or malformed: leave the diagnosis to load_sae
+        return None
+    return None
+
+
 def load_sae(spec: str) -> SaeDirections:
     """`default`, a sae-lens folder, a `.safetensors` file with `W_dec`, or `RELEASE/SAE_ID`."""
     if spec == DEFAULT_SAE:
@@ -172,11 +193,24 @@ def load_sae(spec: str) -> SaeDirections:
     return load_registry_sae(release, sae_id)
 
 
-def registry() -> dict[str, list[str]]:
-    """The installed sae-lens registry: release -> SAE ids (no network)."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+def installed_registry_path() -> Path:
+    """sae-lens's `pretrained_saes.yaml`, found without importing sae-lens (seconds saved)."""
+    spec = importlib.util.find_spec("sae_lens")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("sae-lens is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "pretrained_saes.yaml"
 
-    return {name: list(entry.saes_map) for name, entry in get_pretrained_saes_directory().items()}
+
+def registry() -> dict[str, list[str]]:
+    """The installed sae-lens registry: release -> SAE ids (no network). Read from the wheel's
+    YAML (under a second) rather than through `import sae_lens` (5-7 s), so an unknown id is
+    answered before anything slow."""
+    import yaml
+
+    path = installed_registry_path()
+    data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return {name: [str(sae["id"]) for sae in entry.get("saes", [])]
+            for name, entry in (data or {}).items()}
 
 
 def resolve_registry_id(release: str, sae_id: str, known: dict[str, list[str]]) -> None:

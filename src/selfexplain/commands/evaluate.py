@@ -105,11 +105,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    sae = stats = None
+    if request.suite in ("real", "all"):  # the SAE and its statistics first: a wrong one fails fast
+        log(f"loading SAE {request.sae}")
+        sae, stats = load_sae_and_stats(request.sae)
     log(f"loading model {request.model}")
     lm = load_model(request.model)
-    sae = stats = None
-    if request.suite in ("real", "all"):
-        sae, stats = load_sae_and_stats(request.sae)
     output = run_evaluation(lm, request, sae=sae, stats=stats, log=log,
                             runs_dir=f"{args.out}/runs" if args.out else None)
     references = None

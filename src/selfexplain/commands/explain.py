@@ -80,9 +80,12 @@ def run(args: argparse.Namespace) -> int:
     # a wrong path or index answers in seconds, not after the model load.
     features = sae = directions = None
     if args.sae:
-        from selfexplain.saes import check_features, load_sae, parse_features
+        from selfexplain.saes import check_features, load_sae, parse_features, peek_width
 
         features = parse_features(args.features)
+        width = peek_width(args.sae)  # the range from the SAE's config, before sae-lens loads
+        if width is not None:
+            check_features(features, width)
         sae = load_sae(args.sae)
         check_features(features, sae.d_sae)
         sae.unit_directions(features[:1], config.direction)  # an SAE without typical inputs
@@ -90,6 +93,19 @@ def run(args: argparse.Namespace) -> int:
         from selfexplain.vectors import load_vectors
 
         directions = load_vectors(args.vector, args.key)
+    from selfexplain.config import check_layers
+    from selfexplain.models import peek_dims
+
+    dims = peek_dims(args.model)  # the model's shape from its config.json, when that is cheap
+    if dims is not None:
+        n_layers, d_model = dims
+        check_layers(config.injection_layer, config.probe_layer, n_layers)
+        if sae is not None:
+            sae.check_fits(d_model, n_layers)
+        if directions is not None and directions.shape[1] != d_model:
+            raise InputError(
+                f"vectors have width {directions.shape[1]} but the model's residual is {d_model}"
+            )
 
     import torch
     from tqdm import tqdm

@@ -57,19 +57,26 @@ def preflight(request) -> None:
     line and leaves the warehouse as it was: the SAE, the feature range, the warehouse file and,
     when shards are left to run, the model and engine settings. What is loaded here is cached and
     reused by the flow in this process."""
-    from selfexplain.saes import check_features
-    from selfexplain.warehouse import Warehouse
+    from selfexplain.saes import check_features, peek_width
+    from selfexplain.warehouse import Warehouse, check_duckdb_file
     from tasks.explain import prepare_engine
     from tasks.sae import sae_info
     from tasks.store import stored_features
 
+    # What can be told from file headers first (no sae-lens import, no model): seconds.
+    if request.out_dir is None:
+        check_duckdb_file(request.warehouse)
+    width = peek_width(request.sae)
+    if width is not None and not request.all_features:
+        check_features(request.feature_list(width), width)
     sae = sae_info(request.sae)
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
-    if request.config().direction != "decoder":  # an SAE without typical inputs: say so now
+    direction = request.config().direction
+    if direction == "input":  # an SAE without typical inputs: say so now
         from tasks.sae import cached_sae
 
-        cached_sae(request.sae).unit_directions(features[:1], "input")
+        cached_sae(request.sae).unit_directions(features[:1], direction)
     if request.layer_threshold:  # none stored yet: say so before anything starts
         from tasks.explain import resolve_layer_threshold
 
