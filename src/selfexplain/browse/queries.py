@@ -43,20 +43,24 @@ class FeatureFilter:
     size: int = PAGE_SIZE
 
 
+_SAES = (
+    "SELECT s.release, s.sae_id, s.model_id, s.hook_name, s.d_sae, s.n_labelled, s.n_failed, "
+    "s.last_labelled_at, r.run_id AS last_run, r.status AS last_status "
+    "FROM v_saes AS s LEFT JOIN (SELECT release, sae_id, run_id, status, "
+    "row_number() OVER (PARTITION BY release, sae_id ORDER BY started_at DESC) AS k "
+    "FROM v_runs) AS r ON r.release = s.release AND r.sae_id = s.sae_id AND r.k = 1 "
+    "WHERE NOT s.removed AND s.n_labelled > 0"
+)
+
+
 def saes(wh: Warehouse) -> list[dict]:
     """Every SAE with labels: counts of labelled and flagged features and its last run."""
-    frame = wh.query(
-        "SELECT s.release, s.sae_id, s.model_id, s.hook_name, s.d_sae, s.n_labelled, s.n_failed, "
-        "s.last_labelled_at, r.run_id AS last_run, r.status AS last_status "
-        "FROM v_saes AS s LEFT JOIN (SELECT release, sae_id, run_id, status, "
-        "row_number() OVER (PARTITION BY release, sae_id ORDER BY started_at DESC) AS k "
-        "FROM v_runs) AS r ON r.release = s.release AND r.sae_id = s.sae_id AND r.k = 1 "
-        "WHERE NOT s.removed AND s.n_labelled > 0 ORDER BY s.release, s.sae_id")
-    return frame.to_dicts()
+    return wh.query(_SAES + " ORDER BY s.release, s.sae_id").to_dicts()
 
 
 def sae(wh: Warehouse, release: str, sae_id: str) -> dict | None:
-    rows = [r for r in saes(wh) if r["release"] == release and r["sae_id"] == sae_id]
+    """One SAE's row of `saes` (the filter reaches the view's aggregate: one SAE is counted)."""
+    rows = wh.query(_SAES + " AND s.release = ? AND s.sae_id = ?", [release, sae_id]).to_dicts()
     return rows[0] if rows else None
 
 
@@ -81,14 +85,16 @@ def features(wh: Warehouse, release: str, sae_id: str, filt: FeatureFilter) -> t
             params.append(high)
     condition = " AND ".join(where)
     order = SORTS[filt.sort] + (" DESC" if filt.desc else " ASC") + " NULLS LAST, feature ASC"
-    total = int(wh.query(f"SELECT count(*) AS n FROM v_feature_labels WHERE {condition}",
-                         params)["n"][0])
-    page = wh.query(
+    page = wh.query(  # one scan: the page and the number of matches (a window over all of them)
         "SELECT feature, label, top_labels, recovered_token, scale, max_roundtrip, failed, "
-        f"density, single_token, top_tokens FROM v_feature_labels WHERE {condition} "
-        f"ORDER BY {order} LIMIT ? OFFSET ?",
+        f"density, single_token, top_tokens, count(*) OVER () AS n_matching "
+        f"FROM v_feature_labels WHERE {condition} ORDER BY {order} LIMIT ? OFFSET ?",
         [*params, filt.size, (filt.page - 1) * filt.size])
-    return page.to_dicts(), total
+    rows = page.drop("n_matching").to_dicts()
+    if page.height:
+        return rows, int(page["n_matching"][0])
+    total = wh.query(f"SELECT count(*) AS n FROM v_feature_labels WHERE {condition}", params)
+    return rows, int(total["n"][0])  # a page past the end: still say how many match
 
 
 _CONTEXT = re.compile(r"^(.*?)«(.*?)»(.*)$", re.S)
