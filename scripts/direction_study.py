@@ -3,7 +3,7 @@
 For a seeded sample of live features of the split (DEV = even ids), explain each feature twice
 with the default preset: once injecting its unit decoder row (the method as published), once its
 typical input (the activation-weighted mean of the mean-free held-out residuals where it fires,
-`selfexplain.saes.typical_inputs`). Prints token recovery, label-names-token and embedding AUROC
+`selfexplain.stats.typical_inputs`). Prints token recovery, label-names-token and embedding AUROC
 for both, with 95% intervals, plus the cosine between the two directions.
 """
 
