@@ -298,3 +298,28 @@ def test_gcide_entry_is_plain_prose():
                                    "(Zool.) The posterior section of the body.")
     assert _gcide_entry(["00-database-info", "  This file was converted"]) == ""
     assert _gcide_entry(["   indented continuation only"]) == ""
+
+
+def test_cli_resumes_an_interrupted_training(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    lm = build_tiny_model("llama")
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    corpus = write_corpus(tmp_path / "c")
+    base = ["train-sae", "--model", str(model_dir), "--corpus", str(corpus), "--layer", "1",
+            "--width", "16", "--k", "2", "--tokens", "600", "--heldout-tokens", "100",
+            "--context", "16", "--batch-tokens", "50", "--chunk-windows", "8", "--seed", "0",
+            "--no-stats"]
+    ckpt = str(tmp_path / "ckpt")
+    assert cli_main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--stop-after-chunks", "2"]) == 2
+    assert "needs --checkpoint-dir" in capsys.readouterr().err
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--checkpoint-dir", ckpt,
+                            "--stop-after-chunks", "2"]) == 0
+    assert not (tmp_path / "b").exists() and "stopped after 2 chunks" in capsys.readouterr().out
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--checkpoint-dir", ckpt]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    a, b = (load_file(str(tmp_path / n / "sae_weights.safetensors")) for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -63,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     from selfexplain.stats import write_sae_statistics
     from selfexplain.train_sae import train_sae
 
-    if args.checkpoint_dir is not None and (args.checkpoint_dir / "checkpoint.pt").exists():
-        from selfexplain.sae_trainer import describe_checkpoint
+    from selfexplain.sae_trainer import CHECKPOINT, describe_checkpoint
 
+    if args.stop_after_chunks is not None and args.checkpoint_dir is None:
+        raise InputError("--stop-after-chunks needs --checkpoint-dir: the state must go somewhere")
+    if args.checkpoint_dir is not None and (args.checkpoint_dir / CHECKPOINT).exists():
         print(f"resuming from {args.checkpoint_dir}: {describe_checkpoint(args.checkpoint_dir)}")
     lm = load_model(args.model)
     trained = train_sae(lm, args.corpus, config, out, overwrite=args.overwrite,
