@@ -14,18 +14,19 @@ import math
 import time
 from pathlib import Path
 
+import polars as pl
 import torch
 
 from selfexplain.corpus import token_chunks
 from selfexplain.models import load_model
 from selfexplain.sae_trainer import train_in_memory
 from selfexplain.train_sae import TrainSaeConfig, collect_activations, encode, evaluate
-from selfexplain.vectors import word_directions
+from selfexplain.stats import SINGLE_TOKEN_MIN_FIRINGS, SINGLE_TOKEN_SHARE, token_alignment
 
 
 def single_token_alignment(lm, sae, heldout, windows, layer):
-    """(n single-token features, median, q1, q3 of their decoder/token cosine)."""
-    per = windows.shape[1] - 1
+    """(n single-token features, median, q1, q3 of their decoder/token cosine), with the rule and
+    the cosine of `selfexplain.stats` (computed here without the contexts, which are slow)."""
     token_ids = windows[:, 1:].reshape(-1)
     values, indices = encode(sae, heldout.float())
     keep = values > 0
@@ -34,26 +35,24 @@ def single_token_alignment(lm, sae, heldout, windows, layer):
     vals = values[keep].double()
     width = sae.W_dec.shape[0]
     vocab = int(token_ids.max()) + 1
-    pair = feats * vocab + toks
-    keys, inv = torch.unique(pair, return_inverse=True)
+    keys, inv = torch.unique(feats * vocab + toks, return_inverse=True)
     mass = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inv, vals)
     total = torch.zeros(width, dtype=torch.float64).index_add_(0, feats, vals)
     count = torch.bincount(feats, minlength=width)
-    best = torch.zeros(width, dtype=torch.float64).scatter_reduce_(0, keys // vocab, mass, "amax")
-    share = best / total.clamp_min(1e-12)
-    single = torch.nonzero((share >= 0.5) & (count >= 5)).squeeze(1)
-    top_tok = {}
-    for key, m in zip(keys.tolist(), mass.tolist()):
-        f = key // vocab
-        if m == best[f] and f not in top_tok:
-            top_tok[f] = key % vocab
-    words = [lm.tokenizer.decode([top_tok[f]]) for f in single.tolist()]
-    ok = [i for i, w in enumerate(words) if w.strip()]
-    dirs = word_directions(lm, [words[i] for i in ok], layer)
-    rows = sae.W_dec[single[ok]].float()
-    cos = (rows / rows.norm(dim=-1, keepdim=True) * dirs).sum(-1)
-    q = torch.quantile(cos, torch.tensor([0.25, 0.5, 0.75])).tolist()
-    return len(single), q[1], q[0], q[2]
+    order = torch.argsort(mass, descending=True, stable=True)
+    top: dict[int, int] = {}
+    for key in keys[order].tolist():  # the first key seen per feature is its heaviest token
+        top.setdefault(key // vocab, key % vocab)
+    share = torch.zeros(width, dtype=torch.float64).scatter_reduce_(
+        0, keys // vocab, mass, "amax") / total.clamp_min(1e-12)
+    single = (share >= SINGLE_TOKEN_SHARE) & (count >= SINGLE_TOKEN_MIN_FIRINGS)
+    frame = pl.DataFrame({
+        "feature": list(range(width)), "single_token": single.tolist(),
+        "top_tokens": [[lm.tokenizer.decode([top[f]])] if f in top else [] for f in range(width)],
+    })
+    aligned = token_alignment(lm, sae.W_dec, frame, layer)["token_alignment"].drop_nulls()
+    q = torch.quantile(torch.tensor(aligned.to_list()), torch.tensor([0.25, 0.5, 0.75])).tolist()
+    return int(single.sum()), q[1], q[0], q[2]
 
 
 def main() -> None:
