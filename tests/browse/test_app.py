@@ -100,3 +100,20 @@ def test_evaluation_page(client):
 def test_sql_injection_in_search_is_just_text(client):
     assert features(client, q="' OR 1=1 --")["total"] == 0
     assert features(client, q="%")["total"] == 0  # LIKE wildcards are literal
+
+
+def test_pages_read_the_snapshot_while_a_run_writes(browse_warehouse, tmp_path):
+    import shutil
+
+    from selfexplain.warehouse import Warehouse
+    from tests.sql.conftest import held_by_another_process
+
+    path = tmp_path / "w.duckdb"
+    shutil.copyfile(browse_warehouse, path)
+    with Warehouse(path) as wh:
+        wh.publish_snapshot()
+    client = TestClient(create_app(path))
+    with held_by_another_process(path):  # a writer holds the live file
+        html = client.get("/features", params=TABLE)
+        assert html.status_code == 200 and "reading the snapshot published at" in html.text
+        assert html.text.count('class="feature-row"') == N_FEATURES
