@@ -49,12 +49,9 @@ def load_sae_info(spec: str) -> SaeInfo:
 
 def stats_dir(spec: str) -> Path | None:
     """The folder that may ship `feature_stats.parquet` next to the SAE weights."""
-    from selfexplain.saes import DEFAULT_SAE_DIR
+    from selfexplain.saes import sae_folder
 
-    if spec == DEFAULT_SAE:
-        return DEFAULT_SAE_DIR
-    path = Path(spec).expanduser()
-    return path if path.is_dir() else None
+    return sae_folder(spec)
 
 
 @task(name="sae-feature-stats", cache_policy=NO_CACHE, persist_result=False)

@@ -154,14 +154,22 @@ def resid_layer_of(hook_name: str | None) -> int | None:
     return layer + 1 if match.group(2) == "post" else layer
 
 
+def sae_folder(spec: str) -> Path | None:
+    """The folder of an SAE spec (`default` or a local sae-lens folder), where its cfg.json,
+    statistics and typical inputs live; None for a file or a registry id."""
+    path = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
 def peek_width(spec: str) -> int | None:
     """The SAE's number of latents, read from its cfg.json or safetensors header without loading
     it (sae-lens costs seconds to import); None when it cannot be told cheaply (a registry id,
     a damaged file: the full load then says what is wrong)."""
-    path = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec).expanduser()
+    folder = sae_folder(spec)
+    path = Path(spec).expanduser()
     try:
-        if path.is_dir():
-            width = json.loads((path / "cfg.json").read_text()).get("d_sae")
+        if folder is not None:
+            width = json.loads((folder / "cfg.json").read_text()).get("d_sae")
             return width if isinstance(width, int) and width > 0 else None
         if spec.endswith(".safetensors") and path.is_file():
             from safetensors import safe_open

@@ -54,11 +54,11 @@ ROW_SCHEMA = {
 
 def feature_stats_for(spec: str) -> pl.DataFrame:
     """The feature statistics shipped with an SAE spec (`default` or a sae-lens folder)."""
-    from selfexplain.saes import DEFAULT_SAE, DEFAULT_SAE_DIR
+    from selfexplain.saes import sae_folder
     from selfexplain.stats import load_feature_stats
 
-    folder = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec).expanduser()
-    if not folder.is_dir():
+    folder = sae_folder(spec)
+    if folder is None:
         raise InputError(f"the real suite needs an SAE folder with feature statistics; {spec!r} "
                          "is not one")
     return load_feature_stats(folder)
