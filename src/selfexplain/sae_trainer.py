@@ -122,7 +122,6 @@ class TopKTrainer:
             "silent": self.silent.clone(),
             "scale": self.scale,
             "steps": self.steps,
-            "total_steps": self.total_steps,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -203,14 +202,15 @@ def train_streaming(
     windows. `stop_after_chunks` ends the call early (returns None): a planned interruption.
     """
     per_window = windows.shape[1] - 1
-    total_tokens = min(config.tokens, len(windows) * per_window) * config.epochs
+    distinct = min(config.tokens, len(windows) * per_window)  # activations per epoch
+    total_tokens = distinct * config.epochs
     total_steps = total_tokens // config.batch_tokens
     if total_steps == 0:
         raise InputError(
             f"only {total_tokens} training activations for batches of {config.batch_tokens}: "
             "lower --batch-tokens or add text to the corpus"
         )
-    n_windows = -(-min(config.tokens, len(windows) * per_window) // per_window)
+    n_windows = -(-distinct // per_window)
     chunks_per_epoch = -(-n_windows // config.chunk_windows)
     digest = windows_digest(windows[:n_windows])
     identity = {"config": config.model_dump(), "windows": digest}
@@ -278,8 +278,7 @@ def train_streaming(
             bar.close()
             return None
     bar.close()
-    return StreamResult(trainer.weights(), trainer.steps, total_tokens // config.epochs,
-                        round(collect_seconds, 1),
+    return StreamResult(trainer.weights(), trainer.steps, distinct, round(collect_seconds, 1),
                         round(train_seconds, 1), resumed_from)
 
 
