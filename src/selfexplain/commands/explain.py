@@ -102,10 +102,8 @@ def run(args: argparse.Namespace) -> int:
         check_layers(config.injection_layer, config.probe_layer, n_layers)
         if sae is not None:
             sae.check_fits(d_model, n_layers)
-        if directions is not None and directions.shape[1] != d_model:
-            raise InputError(
-                f"vectors have width {directions.shape[1]} but the model's residual is {d_model}"
-            )
+        if directions is not None:
+            check_width(directions, d_model)
 
     import torch
     from tqdm import tqdm
@@ -132,10 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
             directions = word_directions(lm, args.word, config.injection_layer)
             names = list(args.word)
-        if directions.shape[1] != lm.d_model:
-            raise InputError(
-                f"vectors have width {directions.shape[1]} but the model's residual is {lm.d_model}"
-            )
+        check_width(directions, lm.d_model)
         with tqdm(total=len(names), desc="directions", file=sys.stderr,
                   disable=len(names) < 2) as bar:
             results = explainer.explain(directions, list(range(len(names))), names, bar.update)
@@ -147,6 +142,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_result(result))
     return 0
+
+
+def check_width(directions, d_model: int) -> None:
+    """Directions (n, width) must live in the model's residual stream (d_model)."""
+    from selfexplain.errors import InputError
+
+    if directions.shape[1] != d_model:
+        raise InputError(
+            f"vectors have width {directions.shape[1]} but the model's residual is {d_model}"
+        )
 
 
 def format_result(result) -> str:
