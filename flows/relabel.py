@@ -13,11 +13,18 @@ import uuid
 
 import polars as pl
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from selfexplain.runlock import writer_lock
 from selfexplain.saes import check_features
 from selfexplain.warehouse import MEMORY, frame, utc_now
+from tasks.carryover import (
+    carry_over_labels,
+    carry_over_markdown,
+    label_changes,
+    store_decoder,
+)
 from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
 from tasks.explain import ShardRows, explain_shard, prepare_engine_task, resolve_layer_threshold
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
@@ -93,20 +100,37 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
         return {"sae": sae_frame(sae), "run": run_frame(request, sae, run_id, request_hash,
                                                         len(features), started_at, **facts)}
 
+    carried = None
+    if request.carry_over:
+        carried = carry_over_labels(request.warehouse, sae, request.match_threshold)
+        matched = set(carried.matched)
+        unmatched_first = [f for f in features if f not in matched]
+        later = [f for f in features if f in matched]
+        print(f"carry-over: {len(later)} of {len(features)} requested features match a labelled "
+              f"SAE ({len(carried.carried)} labels carried over, provisional); "
+              + ("they are skipped" if request.matched == "skip"
+                 else "they are relabelled after the unmatched ones"))
+        features_to_run = unmatched_first + ([] if request.matched == "skip" else later)
+    else:
+        features_to_run = features
     done = set(stored_features(request.warehouse, request_hash, request.out_dir))
-    todo = [f for f in features if f not in done]
+    todo = [f for f in features_to_run if f not in done]
     shards = split_shards(todo, request.shard_size)
-    n_shards_skipped = len(split_shards([f for f in features if f in done], request.shard_size))
+    n_shards_skipped = len(split_shards([f for f in features_to_run if f in done],
+                                        request.shard_size))
     print(f"relabel {sae.release}/{sae.sae_id}: {len(features)} features, {len(shards)} shards "
-          f"to run, {len(features) - len(todo)} features already stored for request "
+          f"to run, {len(features_to_run) - len(todo)} features already stored for request "
           f"{request_hash}")
     if shards:  # a bad model, SAE or setting fails here, before any row is written
         prepare_engine_task(request)
     if not parquet:  # this run holds the lock: an earlier one still `running` was killed
         mark_interrupted(request.warehouse, request_hash, run_id)
+        store_decoder(request.warehouse, sae)  # later versions are matched against this decoder
     if not shards:
-        print(f"nothing to do: all {len(features)} features are stored for request "
-              f"{request_hash}; change the settings or the seed to label them again")
+        print(f"nothing to do: all {len(features_to_run)} features to run are stored for request "
+              f"{request_hash}; change the settings or the seed to label them again"
+              if features_to_run else "nothing to do: every requested feature carries a label "
+              "over; pass --matched relabel to label them afresh")
     else:
         record(run_row(status="running", n_shards=len(shards), n_shards_skipped=n_shards_skipped),
                f"run-{run_id}")
@@ -153,6 +177,14 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
         n_shards=len(shards), n_shards_skipped=n_shards_skipped, **totals, **model_ids,
         seconds=round(seconds, 1),
     )
+    if carried is not None:
+        summary["carry_over"] = carried.model_dump()
+        if carried.sources:  # a new version of a labelled SAE: say what changed
+            changes = label_changes(request.warehouse, sae.release, sae.sae_id)
+            create_markdown_artifact(
+                carry_over_markdown(sae.release, sae.sae_id, carried, changes),
+                key=artifact_key("relabel", sae.release, sae.sae_id, "carry-over"),
+                description="matched, new and vanished features against earlier versions")
     if parquet:
         summary["out_dir"] = request.out_dir
         labels = pl.concat([r.frames["label"] for r in collected]) if collected else pl.DataFrame(

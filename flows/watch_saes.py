@@ -76,9 +76,11 @@ def watch_saes(warehouse: str = "warehouse.duckdb", inbox: str = "inbox",
             model = matched.get(entry.key)
             request = None
             if model is not None:
+                # a new version of a labelled SAE reuses its labels (rules may turn it off)
+                carry = {} if "out_dir" in rules.relabel else {"carry_over": True}
                 request = RelabelRequest.build(model=model, sae=entry.spec,
                                                features=rules.features, warehouse=warehouse,
-                                               **rules.relabel)
+                                               **{**carry, **rules.relabel})
                 to_relabel.append(request)
             payload = {"release": entry.release, "sae_id": entry.sae_id, "source": source,
                        "model_id": entry.model_id, "sae": entry.spec, "model": model,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from selfexplain.carryover import DEFAULT_MATCH_THRESHOLD
 from selfexplain.config import ExplainConfig, Preset, parse_scales
 from selfexplain.errors import InputError
 from selfexplain.saes import parse_features
@@ -49,6 +50,15 @@ class RelabelRequest(BaseModel):
     layer_threshold: bool = False
     """Flag failures with the threshold `selfexplain evaluate --null N --warehouse W` drew for
     this model, SAE layer and settings (a null of random directions), not a fixed number."""
+    carry_over: bool = False
+    """First match the SAE against the SAEs this warehouse labelled for the same model and hook
+    (decoder cosine, mutual nearest neighbours) and carry their labels over as provisional ones;
+    then label the unmatched features. Not in the request hash: it changes what runs, not how."""
+    matched: Literal["skip", "relabel"] = "skip"
+    """With carry_over: `skip` leaves matched features with their carried label; `relabel`
+    labels them too, after every unmatched one."""
+    match_threshold: float = Field(DEFAULT_MATCH_THRESHOLD, gt=0.0, le=1.0)
+    """Decoder cosine at or above which a mutual nearest neighbour counts as the same feature."""
 
     @model_validator(mode="after")
     def _valid(self) -> "RelabelRequest":
@@ -57,6 +67,9 @@ class RelabelRequest(BaseModel):
         self.config()
         if self.layer_threshold and "failure_threshold" in self.overrides:
             raise ValueError("give --failure-threshold or --layer-threshold, not both")
+        if self.carry_over and self.out_dir is not None:
+            raise ValueError("carry-over reads and writes the warehouse: it cannot run with "
+                             "--out-dir (Parquet shards); carry over first, then scale out")
         return self
 
     def with_threshold(self, threshold: float) -> "RelabelRequest":

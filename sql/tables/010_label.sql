@@ -24,5 +24,11 @@ CREATE TABLE IF NOT EXISTS label (
     settings_hash       VARCHAR,
     seconds             DOUBLE,
     labelled_at         TIMESTAMPTZ NOT NULL,
+    -- set when the label was carried over from a matched feature of another SAE (migration 003):
+    -- the source SAE and feature, and the decoder cosine of the match; the label is provisional
+    carried_from_release VARCHAR,
+    carried_from_sae_id  VARCHAR,
+    carried_from_feature INTEGER,
+    carried_cosine       DOUBLE,
     PRIMARY KEY (release, sae_id, feature, run_id)
 );

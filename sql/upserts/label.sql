@@ -1,10 +1,12 @@
 INSERT INTO label (release, sae_id, feature, run_id, label, top_labels, recovered_token,
                    recovered_reliable, scale, composite, score, max_selfsim, max_selfsim_repeat,
                    max_roundtrip, failed, failure_reason, skipped, model_id, model_revision, preset, settings_hash,
-                   seconds, labelled_at)
+                   seconds, labelled_at, carried_from_release, carried_from_sae_id,
+                   carried_from_feature, carried_cosine)
 SELECT release, sae_id, feature, run_id, label, top_labels, recovered_token, recovered_reliable,
        scale, composite, score, max_selfsim, max_selfsim_repeat, max_roundtrip, failed, failure_reason, skipped,
-       model_id, model_revision, preset, settings_hash, seconds, labelled_at
+       model_id, model_revision, preset, settings_hash, seconds, labelled_at, carried_from_release,
+       carried_from_sae_id, carried_from_feature, carried_cosine
 FROM incoming
 ON CONFLICT (release, sae_id, feature, run_id) DO UPDATE SET
     label = excluded.label,
@@ -25,4 +27,8 @@ ON CONFLICT (release, sae_id, feature, run_id) DO UPDATE SET
     preset = excluded.preset,
     settings_hash = excluded.settings_hash,
     seconds = excluded.seconds,
-    labelled_at = excluded.labelled_at;
+    labelled_at = excluded.labelled_at,
+    carried_from_release = excluded.carried_from_release,
+    carried_from_sae_id = excluded.carried_from_sae_id,
+    carried_from_feature = excluded.carried_from_feature,
+    carried_cosine = excluded.carried_cosine;

@@ -1,6 +1,8 @@
 -- One row per SAE feature: its current label. The first twelve columns are the public contract;
 -- the activation statistics (feature_stats, when computed) follow, e.g. to flag single-token
--- features, which self-explanation tends to explain as that token.
+-- features, which self-explanation tends to explain as that token. `provisional`: the label was
+-- carried over from a matched feature of another SAE version (carried_from_*), not produced for
+-- this feature; a fresh relabel replaces it.
 CREATE OR REPLACE VIEW v_feature_labels AS
 SELECT
     l.release,
@@ -30,7 +32,12 @@ SELECT
     fs.single_token,
     fs.density,
     fs.top_tokens,
-    fs.token_alignment
+    fs.token_alignment,
+    (l.carried_from_sae_id IS NOT NULL) AS provisional,
+    l.carried_from_release,
+    l.carried_from_sae_id,
+    l.carried_from_feature,
+    l.carried_cosine
 FROM label_current AS c
 JOIN label AS l
   ON l.release = c.release AND l.sae_id = c.sae_id AND l.feature = c.feature AND l.run_id = c.run_id

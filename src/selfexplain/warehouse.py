@@ -424,6 +424,14 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "max_roundtrip": pl.Float64, "failed": pl.Boolean, "failure_reason": pl.String, "skipped": pl.Boolean,
         "model_id": pl.String, "model_revision": pl.String, "preset": pl.String,
         "settings_hash": pl.String, "seconds": pl.Float64, "labelled_at": TS,
+        "carried_from_release": pl.String, "carried_from_sae_id": pl.String,
+        "carried_from_feature": pl.Int32, "carried_cosine": pl.Float64,
+    },
+    "feature_match": {
+        "release": pl.String, "sae_id": pl.String, "feature": pl.Int32,
+        "source_release": pl.String, "source_sae_id": pl.String, "rank": pl.Int32,
+        "source_feature": pl.Int32, "cosine": pl.Float64, "mutual": pl.Boolean,
+        "matched": pl.Boolean, "threshold": pl.Float64, "matched_at": TS,
     },
     "label_current": {
         "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
@@ -487,6 +495,13 @@ def frame(table: str, rows: Iterable[Mapping[str, object]]) -> pl.DataFrame:
     schema = SCHEMAS[table]
     rows = [{name: row.get(name) for name in schema} for row in rows]
     return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def conform(table: str, rows: pl.DataFrame) -> pl.DataFrame:
+    """A frame with exactly the table's columns and types (columns it lacks are null)."""
+    return rows.select([
+        (pl.col(name) if name in rows.columns else pl.lit(None)).cast(dtype).alias(name)
+        for name, dtype in SCHEMAS[table].items()])
 
 
 def feature_rows(results: Sequence[FeatureExplanation], skipped: Sequence[SkippedFeature], *,

@@ -64,6 +64,9 @@ def sample_rows(make_results) -> dict[str, pl.DataFrame]:
         "top_contexts": [[{"text": "a «cat»", "activation": 5.0}]], "token_alignment": [0.7],
         "computed_at": [T0],
     })
+    rows["feature_match"] = frame("feature_match", [dict(
+        release="r", sae_id="s2", feature=0, source_release="r", source_sae_id="s", rank=1,
+        source_feature=3, cosine=0.97, mutual=True, matched=True, threshold=0.9, matched_at=T0)])
     return rows
 
 

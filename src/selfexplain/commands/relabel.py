@@ -32,6 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer-threshold", action="store_true",
                         help="flag failures with the threshold `selfexplain evaluate --null N "
                         "--warehouse W` drew for this model, layer and settings")
+    parser.add_argument("--carry-over", action="store_true",
+                        help="first match the SAE against the SAEs this warehouse labelled for "
+                        "the same model and hook and carry their labels over (provisional), "
+                        "then label the unmatched features")
+    parser.add_argument("--matched", choices=["skip", "relabel"], default=None,
+                        help="with --carry-over: leave matched features with the carried label "
+                        "(skip, default) or label them too, after the unmatched ones (relabel)")
+    parser.add_argument("--match-threshold", type=float, default=None,
+                        help="decoder cosine of a match (default 0.9)")
     parser.add_argument("--out-dir", help="scale-out: write Parquet shards here instead of the "
                         "warehouse; `selfexplain import --shards DIR` merges them")
     add_config_arguments(parser)
@@ -48,6 +57,8 @@ def build_request(args: argparse.Namespace):
         preset=args.preset, scales=args.scales, samples=args.samples, seed=args.seed,
         overrides=overrides, warehouse=str(Path(args.warehouse).expanduser().resolve()),
         shard_size=args.shard_size, layer_threshold=args.layer_threshold or None,
+        carry_over=args.carry_over or None, matched=args.matched,
+        match_threshold=args.match_threshold,
         out_dir=str(Path(args.out_dir).resolve()) if args.out_dir else None,
     )
 
@@ -116,6 +127,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"merge them:     selfexplain import --shards {request.out_dir} "
               f"--warehouse {request.warehouse}")
         return 0
+    carried = summary.get("carry_over")
+    if carried:
+        for source in carried["sources"]:
+            print(f"carried over from {source['release']}/{source['sae_id']}: "
+                  f"{source['matched']} matched, {source['new']} new, {source['vanished']} "
+                  "vanished (selfexplain diff shows the label changes)")
+        for reason in carried["skipped_sources"]:
+            print(f"carry-over source skipped: {reason}")
     _preview(request.warehouse, summary)
     print(f"warehouse: {request.warehouse}")
     if summary.get("png"):

@@ -1,0 +1,107 @@
+"""Carry-over end to end on two tiny SAE versions with known shared directions: the matches are
+found exactly, labels carried with provenance, relabel skips them (or labels them last), a rerun
+is idempotent, and `selfexplain diff` reports the same counts."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import tasks.explain
+from flows.relabel import relabel
+from selfexplain.cli import main
+from selfexplain.warehouse import Warehouse, open_reader
+from tasks.request import RelabelRequest
+from tests.conftest import write_sae_folder
+
+TABLES = ["label", "label_current", "feature_match", "explanation", "shard_done", "run"]
+
+
+def counts(path) -> dict[str, int]:
+    with Warehouse(path) as wh:
+        return {t: wh.query(f"SELECT count(*) AS n FROM {t}")["n"][0] for t in TABLES}
+
+
+def two_versions(tmp_path, d_model):
+    """v1: 16 random rows. v2: 10 of them (rescaled, shuffled: v2 feature i = v1 feature
+    truth[i]) and 6 new ones."""
+    g = torch.Generator().manual_seed(3)
+    v1 = torch.randn(16, d_model, generator=g)
+    kept = [11, 2, 7, 0, 15, 9, 4, 13, 5, 8]
+    v2 = torch.randn(16, d_model, generator=g)
+    positions = [1, 3, 4, 6, 7, 9, 10, 12, 14, 15]
+    truth = {}
+    for pos, src in zip(positions, kept):
+        v2[pos] = 2.0 * v1[src]
+        truth[pos] = src
+    return (write_sae_folder(tmp_path / "v1", d_model, 16, decoder=v1),
+            write_sae_folder(tmp_path / "v2", d_model, 16, decoder=v2), truth)
+
+
+def test_carry_over_matches_carries_skips_and_reruns_idempotently(
+        tmp_path, tiny_model_dir, tiny_lm, fast, monkeypatch, capsys):
+    v1, v2, truth = two_versions(tmp_path, tiny_lm.d_model)
+    warehouse = str(tmp_path / "w.duckdb")
+    common = dict(model=tiny_model_dir, features="0-15", shard_size=8, scales="0:2:3",
+                  samples=1, overrides=fast, warehouse=warehouse)
+    relabel(RelabelRequest(sae=str(v1), **common))
+
+    real = tasks.explain.explain_features
+    calls: list[list[int]] = []
+    monkeypatch.setattr(tasks.explain, "explain_features",
+                        lambda request, sae, features, **kw: calls.append(list(features))
+                        or real(request, sae, features, **kw))
+    request = RelabelRequest(sae=str(v2), carry_over=True, **common)
+    summary = relabel(request)
+    unmatched = sorted(set(range(16)) - set(truth))
+    assert sorted(f for shard in calls for f in shard) == unmatched  # matched ones skipped
+    assert summary["carry_over"]["matched"] == sorted(truth)
+    assert summary["carry_over"]["sources"][0]["vanished"] == 6
+
+    with open_reader(warehouse) as wh:
+        view = wh.query("SELECT feature, label, provisional, carried_from_sae_id, "
+                        "carried_from_feature, carried_cosine FROM v_feature_labels "
+                        "WHERE sae_id = 'v2' ORDER BY feature")
+        old = dict(wh.query("SELECT feature, label FROM v_feature_labels WHERE sae_id = 'v1'")
+                   .iter_rows())
+        matches = wh.query("SELECT feature, source_feature FROM feature_match "
+                           "WHERE sae_id = 'v2' AND matched")
+        statuses = wh.query("SELECT DISTINCT status FROM v_label_changes WHERE sae_id = 'v2'")
+    assert view.height == 16
+    carried = view.filter(view["provisional"])
+    assert dict(zip(carried["feature"], carried["carried_from_feature"])) == truth
+    assert all(row["label"] == old[row["carried_from_feature"]]
+               for row in carried.iter_rows(named=True))
+    assert set(carried["carried_from_sae_id"]) == {"v1"}
+    assert min(carried["carried_cosine"]) > 0.999
+    assert dict(matches.iter_rows()) == truth
+    assert set(statuses["status"]) <= {"carried", "unlabelled"}
+    assert view.filter(~view["provisional"])["feature"].to_list() == unmatched
+
+    before = counts(warehouse)
+    calls.clear()
+    again = relabel(request)
+    assert calls == [] and again["n_shards"] == 0
+    assert counts(warehouse) == before
+
+    # relabel the matched ones afresh: the unmatched are stored, so only the matched run now
+    relabel(RelabelRequest(sae=str(v2), carry_over=True, matched="relabel", **common))
+    assert sorted(f for shard in calls for f in shard) == sorted(truth)
+    with open_reader(warehouse) as wh:
+        provisional = wh.query("SELECT count(*) FILTER (WHERE provisional) AS n "
+                               "FROM v_feature_labels WHERE sae_id = 'v2'")["n"][0]
+        changes = wh.query("SELECT status, count(*) AS n FROM v_label_changes "
+                           "WHERE sae_id = 'v2' GROUP BY status")
+        history = wh.query("SELECT count(*) AS n FROM label WHERE sae_id = 'v2'")["n"][0]
+    assert provisional == 0
+    # the tiny model's labels are noise (and may be empty): only that none is still carried
+    assert changes["n"].sum() == len(truth)
+    assert set(changes["status"]) <= {"same", "changed", "unlabelled"}
+    assert history == 16 + len(truth)  # the carried rows stay as history
+
+    capsys.readouterr()
+    assert main(["diff", str(v1), str(v2), "--warehouse", warehouse, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["matched"], out["new"], out["vanished"]) == (10, 6, 6)
+    assert out["fresh_pairs"] == 10
