@@ -52,12 +52,15 @@ class TrainSaeRequest(BaseModel):
         """(release, sae_id) under which the trained SAE's rows are stored."""
         from selfexplain.saes import DEFAULT_SAE_RELEASE
 
+        from selfexplain.saes import folder_sae_id
+
         out = Path(self.out_dir)
+        sae_id = folder_sae_id(out)  # the trained version's id once its cfg.json is written
         if self.release is not None:
-            return self.release, out.name
+            return self.release, sae_id
         if out.resolve() == DEFAULT_SAE_DIR.resolve():
-            return DEFAULT_SAE_RELEASE, out.name
-        return f"local:{out.name}", out.name
+            return DEFAULT_SAE_RELEASE, sae_id
+        return f"local:{out.name}", sae_id
 
 
 def _model(spec: str):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from selfexplain.errors import InputError
 from selfexplain.models import DEFAULT_MODEL_ID
-from selfexplain.saes import installed_registry_path
+from selfexplain.saes import folder_sae_id, installed_registry_path
 from selfexplain.warehouse import Warehouse, frame, utc_now
 from tasks.retry import retry_transient
 from tasks.store import _WRITER
@@ -170,7 +170,7 @@ def scan_inbox(inbox: str) -> list[SaeEntry] | None:
                                   or d_sae <= 0):
             raise InputError(f"{where}: d_sae is {d_sae!r}, expected a positive integer; {FIX_FOLDER}")
         entries.append(SaeEntry(
-            release=f"local:{folder.name}", sae_id=folder.name, source="inbox",
+            release=f"local:{folder.name}", sae_id=folder_sae_id(folder, cfg), source="inbox",
             model_id=_text(meta.get("model_name") or cfg.get("model_name"), where, "model_name",
                            remedy=FIX_FOLDER),
             spec=str(folder.resolve()),

@@ -139,8 +139,11 @@ def _auxk_loss(centred: Tensor, residual: Tensor, dead: Tensor, W_enc_t: Tensor,
                W_dec: Tensor, *, k_aux: int) -> Tensor:
     """AuxK (Gao et al.): the top dead latents should explain the main reconstruction's residual."""
     pre = centred @ W_enc_t[dead].T + b_enc[dead]  # (batch, n_dead)
-    values, local = pre.topk(min(k_aux, len(dead)), dim=-1, sorted=False)
-    aux = F.embedding_bag(dead[local], W_dec, per_sample_weights=values.relu(), mode="sum")
+    with torch.no_grad():  # dense over the dead: the backward pass is matmuls (a gather with
+        # embedding_bag over k_aux = 288 rows per token was 1.6x slower for the same gradients)
+        local = pre.topk(min(k_aux, len(dead)), dim=-1, sorted=False).indices
+        keep = torch.zeros_like(pre).scatter_(1, local, 1.0)  # (batch, n_dead) 0/1
+    aux = (pre.relu() * keep) @ W_dec[dead]  # (batch, d_in)
     loss = (aux - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
     return torch.nan_to_num(loss, nan=0.0)
 

@@ -154,6 +154,24 @@ def resid_layer_of(hook_name: str | None) -> int | None:
     return layer + 1 if match.group(2) == "post" else layer
 
 
+SAE_ID_KEY = "selfexplain_sae_id"
+"""cfg.json `metadata` key naming a trained SAE version (written by `train-sae`); folders without
+it are named after the folder."""
+
+
+def folder_sae_id(folder: Path, cfg: dict | None = None) -> str:
+    """The SAE id of a sae-lens folder: its cfg.json's `metadata.selfexplain_sae_id` when set (so a
+    retrained SAE written to the same folder is a new version), else the folder's name."""
+    if cfg is None:
+        try:
+            cfg = json.loads((folder / "cfg.json").read_text())
+        except (OSError, ValueError):
+            cfg = {}
+    meta = cfg.get("metadata") if isinstance(cfg, dict) else None
+    value = meta.get(SAE_ID_KEY) if isinstance(meta, dict) else None
+    return value if isinstance(value, str) and value.strip() else folder.name
+
+
 def sae_folder(spec: str) -> Path | None:
     """The folder of an SAE spec (`default` or a local sae-lens folder), where its cfg.json,
     statistics and typical inputs live; None for a file or a registry id."""
@@ -253,7 +271,7 @@ def load_sae_folder(path: Path, release: str | None = None) -> SaeDirections:
     if not cfg_path.is_file():
         raise SaeLoadError(f"{path} has no cfg.json: not a sae-lens SAE folder")
     try:
-        json.loads(cfg_path.read_text())
+        cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SaeLoadError(f"{cfg_path} is not valid JSON ({err}); the folder is corrupt") from None
     from sae_lens import SAE
@@ -266,7 +284,7 @@ def load_sae_folder(path: Path, release: str | None = None) -> SaeDirections:
             f"cannot load SAE folder {path}: {type(err).__name__}: {first}; its cfg.json or "
             "weights are corrupt, truncated or do not match: copy or export the SAE again"
         ) from None
-    loaded = _from_sae_lens(sae, release or f"local:{path.name}", path.name)
+    loaded = _from_sae_lens(sae, release or f"local:{path.name}", folder_sae_id(path, cfg))
     return _checked(replace(loaded, inputs=_typical_inputs(path, loaded.decoder.shape)), path)
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from selfexplain.corpus import token_chunks
 from selfexplain.errors import InputError, SelfExplainError
+from selfexplain.saes import SAE_ID_KEY
 from selfexplain.models import LoadedModel
 from selfexplain.sae_trainer import train_in_memory, train_streaming
 
@@ -302,6 +303,13 @@ class TrainedSae:
     report: TrainReport
 
 
+def trained_sae_id(config: TrainSaeConfig, train_tokens: int) -> str:
+    """A readable id naming this training run's SAE version, e.g. `l2-w4096-k8-14.6M-e1-s0`:
+    a retrain with other settings or data is another SAE to the warehouse (and to carry-over)."""
+    return (f"l{config.layer}-w{config.width}-k{config.k}-{train_tokens / 1e6:.1f}M-"
+            f"e{config.epochs}-s{config.seed}")
+
+
 def train_sae(lm: LoadedModel, corpus_dir: Path, config: TrainSaeConfig,
               out_dir: Path | None = None, *, overwrite: bool = False,
               checkpoint_dir: Path | None = None,
@@ -378,7 +386,7 @@ def finish(lm: LoadedModel, sae: TopKSae, heldout: Tensor, heldout_windows: Tens
     cfg = sae_config_dict(
         sae, hook_name=hook_name, model_id=lm.model_id, revision=lm.revision,
         context=config.context,
-        extra={"selfexplain_training": {
+        extra={SAE_ID_KEY: trained_sae_id(config, train_tokens), "selfexplain_training": {
             "config": config.model_dump(),
             "report": {k: v for k, v in report._asdict().items() if k != "out_dir"},
             "sources": sources or {},

@@ -26,16 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def sae_folder(spec: str) -> tuple[Path, str, str]:
     """(folder, release, sae_id) named as `selfexplain.saes.load_sae` names them."""
     from selfexplain.errors import InputError
-    from selfexplain.saes import DEFAULT_SAE, DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE
+    from selfexplain.saes import DEFAULT_SAE, DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE, folder_sae_id
 
     if spec == DEFAULT_SAE:
-        return DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE, DEFAULT_SAE_DIR.name
+        return DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE, folder_sae_id(DEFAULT_SAE_DIR)
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise InputError(
             f"--sae {spec!r}: statistics exist for `default` and for local SAE folders only"
         )
-    return path, f"local:{path.name}", path.name
+    return path, f"local:{path.name}", folder_sae_id(path)
 
 
 def latest_label(warehouse: str, release: str, sae_id: str, feature: int) -> dict | None:
