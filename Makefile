@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test test-fast bench bench-errors bench-browse ui browse chromium corpus train-default-sae clean
+.PHONY: install run test test-fast bench bench-errors bench-browse bench-carryover scale-out ui browse chromium corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,9 +58,20 @@ bench: install
 bench-browse: install
 	$(PY) -m bench.browse
 
+# Matching two SAE versions (carry-over) at 4k, 16k (Gemma-2B width) and 65k features.
+bench-carryover: install
+	$(PY) -m bench.carryover
+
 # Every bad input of the CLI, timed as a user meets it (bench/errors.json).
 bench-errors: install
 	$(PY) -m bench.errors
+
+# Label FEATURES with WORKERS Prefect workers on this machine: a server, a process work pool, the
+# workers, the scale-out flow (child runs write Parquet, one writer merges), then all stopped.
+WORKERS ?= 2
+FEATURES ?= 0-127
+scale-out: install
+	$(VENV)/bin/selfexplain scale-out --workers $(WORKERS) --features $(FEATURES)
 
 ui: install
 	bash scripts/ui.sh
@@ -71,7 +82,7 @@ corpus: install
 
 # Resumable: killed or stopped, the same command continues from .sae-checkpoint/ (see CARD.md).
 train-default-sae: corpus
-	$(VENV)/bin/selfexplain train-sae --layer 2 --width 4096 --k 8 --tokens 20000000 \
+	$(VENV)/bin/selfexplain train-sae --layer 2 --width 4096 --k 4 --tokens 20000000 \
 		--heldout-tokens 100000 --batch-tokens 1024 --seed 0 --corpus corpus \
 		--checkpoint-dir .sae-checkpoint --out src/selfexplain/data/default_sae --overwrite
 

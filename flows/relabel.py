@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 
 from selfexplain.runlock import writer_lock
 from selfexplain.saes import check_features
-from selfexplain.warehouse import MEMORY, frame, utc_now
+from selfexplain.warehouse import frame, utc_now
 from tasks.carryover import (
     carry_over_labels,
     carry_over_markdown,
@@ -30,6 +30,7 @@ from tasks.explain import ShardRows, explain_shard, prepare_engine_task, resolve
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
 from tasks.sae import load_sae_info, sae_feature_stats
 from tasks.store import (
+    heartbeat,
     mark_interrupted,
     publish_snapshot,
     read_labels,
@@ -72,7 +73,10 @@ def relabel(request: RelabelRequest) -> dict[str, object]:
     """Relabel the requested features of one SAE; returns a summary of the run.
 
     One run per warehouse at a time: a second gets WarehouseInUse naming the first's PID."""
-    with writer_lock(request.warehouse if request.out_dir is None else MEMORY):
+    if request.out_dir is not None:  # a scale-out shard: tell the parent this run is alive
+        with heartbeat(request.out_dir, flow_run.id or "local"):
+            return _relabel(request)
+    with writer_lock(request.warehouse):
         return _relabel(request)
 
 

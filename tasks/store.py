@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -138,3 +139,38 @@ def layer_threshold(warehouse: str, *, model_id: str, model_revision: str, layer
             "ORDER BY computed_at DESC LIMIT 1",
             [model_id, model_revision, layer, null_hash])
     return None if rows.height == 0 else float(rows["threshold"][0])
+
+
+HEARTBEAT_SECONDS = 5.0
+"""How often a scale-out shard run touches its heartbeat file."""
+
+
+def heartbeat_path(out_dir: str | Path, flow_run_id: str) -> Path:
+    return Path(out_dir) / ".heartbeats" / str(flow_run_id)
+
+
+@contextmanager
+def heartbeat(out_dir: str | Path, flow_run_id: str, every_s: float = HEARTBEAT_SECONDS):
+    """Touch `<out_dir>/.heartbeats/<flow run id>` every few seconds while the block runs, so the
+    scale-out parent (on any machine sharing out_dir) can tell a shard whose worker died from a
+    slow one. A thread; stopped and joined in `finally`."""
+    path = heartbeat_path(out_dir, flow_run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                path.touch()
+            except OSError:  # a full or vanished disk fails the shard's own writes, not this
+                pass
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=beat, name="shard-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join()

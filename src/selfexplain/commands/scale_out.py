@@ -1,0 +1,75 @@
+"""`selfexplain scale-out`: label features with N Prefect workers on this machine.
+
+Starts a Prefect server, a process work pool and N workers (flows/cluster.py), registers the
+`relabel-shard` deployment from this checkout, runs the `scale-out` flow (one child run per shard,
+Parquet under --out-dir, one writer merges into the warehouse) and stops everything again. A
+worker that dies mid-shard costs that shard a rerun elsewhere; rerunning the command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from selfexplain.commands.explain import add_config_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "scale-out",
+        help="label features with N Prefect workers (local server, work pool, workers)",
+        description="Start a Prefect server, a process work pool and --workers workers, run the "
+        "scale-out flow (shards fan out as child runs writing Parquet, one writer merges into "
+        "--warehouse), then stop them. With --api-url, use that server and its workers instead.",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="local workers (default 2)")
+    parser.add_argument("--sae", default="default",
+                        help="`default`, RELEASE/SAE_ID, a sae-lens folder, or a .safetensors")
+    parser.add_argument("--features", default="0-127", help="indices like 0-127 or 0-3,40")
+    parser.add_argument("--all-features", action="store_true", help="every latent of the SAE")
+    parser.add_argument("--warehouse", default="warehouse.duckdb", help="DuckDB file")
+    parser.add_argument("--out-dir", default="shards", help="Parquet shards (default shards/)")
+    parser.add_argument("--shard-size", type=int, default=8, help="features per shard run")
+    parser.add_argument("--stale-after", type=float, default=60.0,
+                        help="seconds without a heartbeat before a shard's worker counts as "
+                        "dead and the shard is submitted again (default 60)")
+    parser.add_argument("--api-url", help="an existing Prefect server whose workers serve the "
+                        "`selfexplain-local` pool; nothing is started")
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.cluster import POOL, SHARD_DEPLOYMENT, LocalCluster
+    from selfexplain.commands.relabel import build_request, preflight
+    from selfexplain.errors import InputError
+
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: at least one worker is needed")
+    args.layer_threshold = False
+    args.carry_over = False
+    args.matched = args.match_threshold = None
+    out_dir = str(Path(args.out_dir).expanduser().resolve())
+    args.out_dir = None
+    request = build_request(args)  # validates every flag before anything slow starts
+    preflight(request)  # the SAE, features, warehouse and model, in seconds
+    from flows.merge import scale_out
+
+    began = time.perf_counter()
+    cluster = LocalCluster(args.workers, api_url=args.api_url)
+    print(f"starting {'the Prefect server and ' if cluster.own_server else ''}{args.workers} "
+          f"workers (pool {POOL}; logs in {cluster.log_dir}) ...", flush=True)
+    with cluster, temporary_settings({PREFECT_API_URL: cluster.api_url}):
+        print(f"Prefect UI: {cluster.api_url.removesuffix('/api')}  (runs -> scale-out: child "
+              "runs and the progress artifact)", flush=True)
+        summary = scale_out(request, out_dir, launcher="deployment",
+                            deployment=f"relabel/{SHARD_DEPLOYMENT}",
+                            stale_after_s=args.stale_after)
+    print(f"done in {time.perf_counter() - began:.0f} s: merged {summary['folders']} Parquet "
+          f"folders ({summary['rows']} rows) from {out_dir} into {request.warehouse}")
+    print(f'query it: selfexplain sql "SELECT feature, label FROM v_feature_labels ORDER BY '
+          f'feature LIMIT 20" --warehouse {request.warehouse}')
+    return 0
