@@ -110,7 +110,7 @@ class ShardRuns:
                 what = f"shard {i + 1}/{len(self.parts)} (features {self.parts[i].features})"
                 if state is not None and state.is_completed():
                     done.add(i)
-                    update_progress(self.progress, len(done), len(self.parts))
+                    self._api(lambda: update_progress(self.progress, len(done), len(self.parts)))
                     print(f"{what} done ({run.name})")
                 elif state is not None and state.is_failed():
                     raise ShardFailed(f"{what} failed in run {run.name}: {state.message}")

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sql",
         help="run a read-only SQL query against the warehouse",
         description="Runs one SELECT (or EXPLAIN) statement on a read-only connection. Views: "
-        "v_feature_labels, v_scale_sweep, v_failures, v_runs, v_saes, v_explanations. While a "
+        "v_feature_labels, v_scale_sweep, v_failures, v_runs, v_saes, v_explanations, "
+        "v_label_changes, v_eval_summary. While a "
         "run holds the file, the snapshot published by the last run is read instead.",
     )
     parser.add_argument("query", help='e.g. "SELECT feature, label FROM v_feature_labels"')
