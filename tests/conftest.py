@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny seeded models (Llama, Gemma, Phi-3) with an in-code tokenizer, tiny SAEs.
+"""Shared fixtures: tiny seeded models (Llama, Gemma, Gemma 3, Phi-3) with an in-code tokenizer, tiny SAEs.
 
 A unit test never loads a real model: these build in milliseconds. Tests marked `slow` load the
 embedded default model.
@@ -72,9 +72,15 @@ def build_tiny_tokenizer(bos: bool = False):
 
 def build_tiny_model(family: str = "llama", *, n_layers: int = 6, d_model: int = 32, seed: int = 0):
     """A seeded random causal LM of the given family and its tokenizer, as a LoadedModel."""
-    from transformers import AutoModelForCausalLM, GemmaConfig, LlamaConfig, Phi3Config
+    from transformers import (
+        AutoModelForCausalLM,
+        Gemma3TextConfig,
+        GemmaConfig,
+        LlamaConfig,
+        Phi3Config,
+    )
 
-    tokenizer = build_tiny_tokenizer(bos=family == "gemma")
+    tokenizer = build_tiny_tokenizer(bos=family in ("gemma", "gemma3"))
     common = dict(
         vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=2 * d_model,
         num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
@@ -85,6 +91,10 @@ def build_tiny_model(family: str = "llama", *, n_layers: int = 6, d_model: int =
         config = LlamaConfig(**common)
     elif family == "gemma":
         config = GemmaConfig(head_dim=d_model // 4, **common)
+    elif family == "gemma3":  # sliding-window and global layers, q/k norms, scaled embeddings;
+        # the window exceeds every prompt, as on the real models (512; the engine refuses less)
+        config = Gemma3TextConfig(head_dim=d_model // 4, sliding_window=512,
+                                  query_pre_attn_scalar=d_model // 4, **common)
     elif family == "phi3":
         config = Phi3Config(**common)
     else:
@@ -119,7 +129,7 @@ def tiny_model_dir(tmp_path_factory, tiny_lm) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session", params=["llama", "gemma", "phi3"])
+@pytest.fixture(scope="session", params=["llama", "gemma", "gemma3", "phi3"])
 def tiny_lm_any(request) -> LoadedModel:
     return build_tiny_model(request.param)
 

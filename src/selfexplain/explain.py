@@ -91,6 +91,13 @@ class SelfExplainer:
         """Everything about a prompt that does not depend on the direction: computed once."""
         lm = self.lm
         prompt = build_prompt(lm.tokenizer, lm.family, kind, self.config.placeholder)
+        window = getattr(lm.model.config, "sliding_window", None)
+        needed = len(prompt.input_ids) + self.config.max_new_tokens
+        if isinstance(window, int) and 0 < window < needed:
+            # a cached prefix continued past a sliding window is no longer exact (measured on a
+            # tiny Gemma 3 with window 16: self-similarity off by 2e-4 against a full forward)
+            raise InputError(f"the model's sliding attention window ({window} tokens) is shorter "
+                             f"than the prompt plus answer ({needed}): lower --max-new-tokens")
         prefix = PrefixCache(lm, prompt)
         embedding = lm.model.get_input_embeddings().weight.float().mean(dim=0)  # (d_model,)
         mean_direction = embedding / embedding.norm()

