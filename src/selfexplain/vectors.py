@@ -117,3 +117,79 @@ def word_directions(lm: LoadedModel, words: list[str], layer: int) -> Tensor:
         _MEAN_CACHE[key] = word_residuals(lm, list(REFERENCE_WORDS), layer).mean(dim=0)
     directions = word_residuals(lm, words, layer) - _MEAN_CACHE[key]
     return directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+# -- steering vectors by difference of means ----------------------------------------------------
+
+VECTOR_KEY = "vector"
+
+
+def read_prompt_lines(path: str | Path) -> list[str]:
+    """Non-empty, non-comment (#) lines of a text file: one prompt each."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompt file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text: one prompt per line") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if len(prompts) < 2:
+        raise InputError(f"{path} has {len(prompts)} prompt(s): a mean needs at least 2, one per line")
+    return prompts
+
+
+def as_chat(lm: LoadedModel, text: str) -> str:
+    """`text` as the user turn of the model's chat template, ready for the answer (the position
+    where an instruction-tuned model decides how to answer); plain text without a template."""
+    template = getattr(lm.tokenizer, "chat_template", None)
+    if not template:
+        return text
+    return lm.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+
+
+@torch.inference_mode()
+def last_token_residuals(lm: LoadedModel, prompts: list[str], layer: int, *,
+                         chat: bool = True) -> Tensor:
+    """(n, d_model) residual entering `layer` at each prompt's last token."""
+    rows = []
+    for prompt in prompts:
+        text = as_chat(lm, prompt) if chat else prompt
+        add_special = not chat or not getattr(lm.tokenizer, "chat_template", None)
+        ids = lm.tokenizer(text, return_tensors="pt", add_special_tokens=add_special).input_ids
+        rows.append(residual_entering(lm, layer, ids)[0, -1].float())
+    return torch.stack(rows)
+
+
+def difference_of_means(lm: LoadedModel, positive: list[str], negative: list[str], layer: int, *,
+                        chat: bool = True) -> tuple[Tensor, dict[str, float]]:
+    """mean(positive) - mean(negative) of the last-token residual entering `layer` (d_model,),
+    and how well it separates the two sets: projections' means, and the fraction of prompts on
+    the right side of the midpoint (on the same prompts: an optimistic check, not a test)."""
+    pos = last_token_residuals(lm, positive, layer, chat=chat)  # (n_pos, d)
+    neg = last_token_residuals(lm, negative, layer, chat=chat)  # (n_neg, d)
+    vector = pos.mean(0) - neg.mean(0)
+    if float(vector.norm()) < 1e-8:
+        raise InputError("the two prompt sets give the same mean residual: no direction")
+    unit = vector / vector.norm()
+    proj_pos, proj_neg = pos @ unit, neg @ unit
+    middle = (proj_pos.mean() + proj_neg.mean()) / 2
+    separated = (float((proj_pos > middle).sum()) + float((proj_neg <= middle).sum())) / (
+        len(positive) + len(negative))
+    return vector, {"norm": float(vector.norm()), "positive_projection": float(proj_pos.mean()),
+                    "negative_projection": float(proj_neg.mean()), "separated": separated,
+                    "residual_norm": float(torch.cat([pos, neg]).norm(dim=-1).mean())}
+
+
+def save_vector(path: str | Path, vector: Tensor, metadata: dict[str, str]) -> Path:
+    """A (d,) vector as .safetensors (`explain --vector` reads it), with string metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: write the vector to a .safetensors file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({VECTOR_KEY: vector.float().contiguous()}, str(path),
+              metadata={k: str(v) for k, v in metadata.items()})
+    return path
