@@ -64,6 +64,9 @@ def browse_warehouse(tmp_path_factory, tiny_lm) -> Path:
                    "AND run_id = 'run-new'")
         wh.execute("UPDATE label SET label = 'dogs and cats', failed = false WHERE feature = 2 "
                    "AND run_id = 'run-new'")
+        wh.execute("UPDATE label SET carried_from_release = 'local:old', carried_from_sae_id = "
+                   "'old', carried_from_feature = 9, carried_cosine = 0.95 WHERE feature = 3 "
+                   "AND run_id = 'run-new'")
         wh.upsert("eval_result", pl.DataFrame([dict(
             eval_id="eval-1", suite="planted", release="planted", sae_id="words_dev",
             feature=i, method="default", metric="hit_top3", value=float(i % 2), name=f"w{i}",

@@ -66,6 +66,13 @@ def test_feature_page_shows_everything(client):
     assert "decoder/token cosine 0.70" in html
 
 
+def test_a_carried_label_says_where_it_comes_from(client):
+    html = client.get("/feature", params={**TABLE, "feature": 3}).text
+    assert 'id="provisional"' in html and "local:old/old feature 9" in html
+    assert "decoder cosine 0.950" in html
+    assert 'id="provisional"' not in client.get("/feature", params={**TABLE, "feature": 2}).text
+
+
 def test_model_written_label_is_text_not_markup(client):
     for path in ("/feature", "/features"):
         params = {**TABLE, "feature": 0} if path == "/feature" else TABLE
