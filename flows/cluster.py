@@ -85,9 +85,9 @@ class LocalCluster:
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                             os.environ.get("PYTHONPATH")]))}
 
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log: str, **env: str) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        return subprocess.Popen(args, env=self.env(), cwd=ROOT, start_new_session=True,
+        return subprocess.Popen(args, env={**self.env(), **env}, cwd=ROOT, start_new_session=True,
                                 stdout=open(self.log_dir / log, "ab"), stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "LocalCluster":
@@ -112,9 +112,12 @@ class LocalCluster:
             self.start_worker(i)
 
     def start_worker(self, i: int) -> subprocess.Popen:
+        """Worker i, running one shard at a time with its share of the cores (N workers on one
+        machine would otherwise each start as many threads as there are cores)."""
+        threads = max(1, (os.cpu_count() or 1) // self.n_workers)
         worker = self._spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
                               "--type", "process", "--limit", "1", "--name", f"worker-{i}"],
-                             f"worker-{i}.log")
+                             f"worker-{i}.log", OMP_NUM_THREADS=str(threads))
         if i < len(self.workers):
             self.workers[i] = worker
         else:
