@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --carry-over: leave matched features with the carried label "
                         "(skip, default) or label them too, after the unmatched ones (relabel)")
     parser.add_argument("--match-threshold", type=float, default=None,
-                        help="decoder cosine of a match (default 0.9)")
+                        help="decoder cosine of a match (default 0.7)")
     parser.add_argument("--out-dir", help="scale-out: write Parquet shards here instead of the "
                         "warehouse; `selfexplain import --shards DIR` merges them")
     add_config_arguments(parser)
