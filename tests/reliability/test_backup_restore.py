@@ -93,7 +93,8 @@ NEXT = SHIPPED + 1
 
 
 def migrated_sql(tmp_path):
-    """The shipped sql/ plus a next forward migration adding label.note (upserted too)."""
+    """The shipped sql/ plus a next forward migration adding label.note, the table's last column
+    (upserted too)."""
     sql = tmp_path / "sql"
     shutil.copytree(default_sql_dir(), sql)
     (sql / "migrations").mkdir(exist_ok=True)
@@ -101,14 +102,15 @@ def migrated_sql(tmp_path):
         "ALTER TABLE label ADD COLUMN note VARCHAR;")
     table = (sql / "tables" / "010_label.sql").read_text()
     (sql / "tables" / "010_label.sql").write_text(table.replace(
-        "labelled_at         TIMESTAMPTZ NOT NULL,", "labelled_at         TIMESTAMPTZ NOT NULL,\n"
+        "carried_cosine       DOUBLE,", "carried_cosine       DOUBLE,\n"
         "    note                VARCHAR,"))
     upsert = (sql / "upserts" / "label.sql").read_text()
-    upsert = upsert.replace("seconds, labelled_at)", "seconds, labelled_at, note)", 1)
-    upsert = upsert.replace("settings_hash, seconds, labelled_at\nFROM incoming",
-                            "settings_hash, seconds, labelled_at, note\nFROM incoming")
-    upsert = upsert.replace("labelled_at = excluded.labelled_at;",
-                            "labelled_at = excluded.labelled_at,\n    note = excluded.note;")
+    upsert = upsert.replace("carried_from_feature, carried_cosine)",
+                            "carried_from_feature, carried_cosine, note)", 1)
+    upsert = upsert.replace("carried_from_feature, carried_cosine\nFROM incoming",
+                            "carried_from_feature, carried_cosine, note\nFROM incoming")
+    upsert = upsert.replace("carried_cosine = excluded.carried_cosine;",
+                            "carried_cosine = excluded.carried_cosine,\n    note = excluded.note;")
     assert upsert.count("note") == 4  # column list, SELECT list, note = excluded.note
     (sql / "upserts" / "label.sql").write_text(upsert)
     return sql
