@@ -186,3 +186,21 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 _kill_tree(self.server)
                 self.server.wait()
+
+
+def run_scale_out(request, out_dir: str, *, workers: int, api_url: str | None = None,
+                  stale_after_s: float = 60.0, announce=print) -> dict[str, int]:
+    """The `scale-out` flow on a local cluster of `workers` (or the server at `api_url` and its
+    workers): start it, run the flow against it, stop it. `announce` gets the progress lines."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.merge import scale_out
+
+    cluster = LocalCluster(workers, api_url=api_url)
+    announce(f"starting {'the Prefect server and ' if cluster.own_server else ''}{workers} "
+             f"workers (pool {POOL}; logs in {cluster.log_dir}) ...")
+    with cluster, temporary_settings({PREFECT_API_URL: cluster.api_url}):
+        announce(f"Prefect UI: {cluster.api_url.removesuffix('/api')}  (runs -> scale-out: "
+                 "child runs and the progress artifact)")
+        return scale_out(request, out_dir, launcher="deployment",
+                         deployment=f"relabel/{SHARD_DEPLOYMENT}", stale_after_s=stale_after_s)

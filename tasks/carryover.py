@@ -19,13 +19,14 @@ from selfexplain.carryover import (
     SOURCE_LABEL_COLUMNS,
     best_sources,
     carried_labels,
+    decoder_dir,
     load_decoder,
     match_features,
     save_decoder,
 )
 from selfexplain.errors import SelfExplainError
 from selfexplain.saes import DEFAULT_SAE
-from selfexplain.warehouse import MEMORY, Warehouse, conform, utc_now
+from selfexplain.warehouse import Warehouse, conform, utc_now
 from tasks.request import SaeInfo
 from tasks.retry import retry_transient
 from tasks.sae import cached_sae
@@ -57,11 +58,6 @@ class CarryOver(BaseModel):
     """Features whose current label is now a carried one."""
     skipped_sources: list[str]
     """Sources whose decoder could not be found, with the reason."""
-
-
-def decoder_dir(warehouse: str) -> Path | None:
-    """Where a warehouse file keeps the decoders it has labelled; None for an in-memory one."""
-    return None if warehouse == MEMORY else Path(f"{warehouse}.decoders")
 
 
 @task(name="store-decoder", cache_policy=NO_CACHE, persist_result=False)
@@ -155,11 +151,9 @@ def carry_over_labels(warehouse: str, sae: SaeInfo, threshold: float, k: int = 3
         matches = match_features(new_decoder, old_decoder, threshold=threshold, k=k)
         found.append(SourceMatch(release=row["release"], sae_id=row["sae_id"],
                                  d_sae=old_decoder.shape[0], **matches.summary()))
-        frames.append(matches.frame().with_columns(
-            pl.lit(sae.release).alias("release"), pl.lit(sae.sae_id).alias("sae_id"),
-            pl.lit(row["release"]).alias("source_release"),
-            pl.lit(row["sae_id"]).alias("source_sae_id"),
-            pl.lit(threshold).alias("threshold"), pl.lit(now).alias("matched_at")))
+        frames.append(matches.table_rows(release=sae.release, sae_id=sae.sae_id,
+                                         source_release=row["release"],
+                                         source_sae_id=row["sae_id"], matched_at=now))
     if not frames:
         return CarryOver(sources=[], matched=[], carried=[], skipped_sources=skipped)
     match_rows = pl.concat(frames)

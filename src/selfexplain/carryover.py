@@ -84,6 +84,16 @@ class Matches:
         }, schema={"feature": pl.Int32, "source_feature": pl.Int32, "cosine": pl.Float64,
                    "rank": pl.Int32, "mutual": pl.Boolean, "matched": pl.Boolean})
 
+    def table_rows(self, *, release: str, sae_id: str, source_release: str, source_sae_id: str,
+                   matched_at) -> pl.DataFrame:
+        """`frame()` named for the warehouse's feature_match table: this SAE, its source SAE,
+        the threshold in force and when."""
+        return self.frame().with_columns(
+            pl.lit(release).alias("release"), pl.lit(sae_id).alias("sae_id"),
+            pl.lit(source_release).alias("source_release"),
+            pl.lit(source_sae_id).alias("source_sae_id"),
+            pl.lit(self.threshold).alias("threshold"), pl.lit(matched_at).alias("matched_at"))
+
     def summary(self) -> dict[str, int]:
         """Matched, new (no match in the old SAE) and vanished (old features nobody matched)."""
         matched = self.matched
@@ -167,6 +177,13 @@ def carried_labels(best: pl.DataFrame, source_labels: pl.DataFrame, *, release: 
 # -- the decoders a warehouse has labelled, kept beside it ---------------------------------------
 # A later SAE version is matched against the exact rows that were labelled, even when the old SAE's
 # files are gone (the embedded default replaced in place, a registry SAE offline).
+
+def decoder_dir(warehouse: str) -> Path | None:
+    """Where a warehouse file keeps the decoders it has labelled; None for an in-memory one."""
+    from selfexplain.warehouse import MEMORY
+
+    return None if warehouse == MEMORY else Path(f"{warehouse}.decoders")
+
 
 def decoder_file(folder: Path, release: str, sae_id: str) -> Path:
     digest = hashlib.sha256(f"{release}\0{sae_id}".encode()).hexdigest()[:16]

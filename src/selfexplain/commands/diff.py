@@ -38,12 +38,12 @@ def resolve(spec: str, warehouse: str | None):
     """(release, sae_id, decoder (n, d)) of an SAE argument."""
     from pathlib import Path
 
-    from selfexplain.carryover import load_decoder, unit_rows
+    from selfexplain.carryover import decoder_dir, load_decoder, unit_rows
     from selfexplain.saes import load_sae
 
     if warehouse and "/" in spec and not Path(spec).expanduser().exists():
         release, sae_id = spec.split("/", 1)
-        stored = load_decoder(Path(f"{warehouse}.decoders"), release, sae_id)
+        stored = load_decoder(decoder_dir(warehouse), release, sae_id)
         if stored is not None:
             return release, sae_id, stored
     sae = load_sae(spec)
@@ -133,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
     fresh = None
     if args.warehouse:
         if args.record:
-            record(args.warehouse, matches, (release_a, sae_id_a), (release_b, sae_id_b),
-                   args.threshold)
+            record(args.warehouse, matches, (release_a, sae_id_a), (release_b, sae_id_b))
         labelled = label_pairs(args.warehouse, pairs, (release_a, sae_id_a),
                                (release_b, sae_id_b))
         if labelled is not None:
@@ -179,16 +178,11 @@ def _short(text: str | None, n: int = 50) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def record(warehouse: str, matches, a: tuple[str, str], b: tuple[str, str],
-           threshold: float) -> None:
-    import polars as pl
-
+def record(warehouse: str, matches, a: tuple[str, str], b: tuple[str, str]) -> None:
     from selfexplain.runlock import writer_lock
     from selfexplain.warehouse import Warehouse, conform, utc_now
 
-    rows = matches.frame().with_columns(
-        pl.lit(b[0]).alias("release"), pl.lit(b[1]).alias("sae_id"),
-        pl.lit(a[0]).alias("source_release"), pl.lit(a[1]).alias("source_sae_id"),
-        pl.lit(threshold).alias("threshold"), pl.lit(utc_now()).alias("matched_at"))
+    rows = matches.table_rows(release=b[0], sae_id=b[1], source_release=a[0],
+                              source_sae_id=a[1], matched_at=utc_now())
     with writer_lock(warehouse), Warehouse(warehouse) as wh:
         wh.write({"feature_match": conform("feature_match", rows)})

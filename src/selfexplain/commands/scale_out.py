@@ -41,9 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.cluster import POOL, SHARD_DEPLOYMENT, LocalCluster
     from selfexplain.commands.relabel import build_request, preflight
     from selfexplain.errors import InputError
 
@@ -56,18 +53,12 @@ def run(args: argparse.Namespace) -> int:
     args.out_dir = None
     request = build_request(args)  # validates every flag before anything slow starts
     preflight(request)  # the SAE, features, warehouse and model, in seconds
-    from flows.merge import scale_out
+    from flows.cluster import run_scale_out  # Prefect lives in flows/, never in the core
 
     began = time.perf_counter()
-    cluster = LocalCluster(args.workers, api_url=args.api_url)
-    print(f"starting {'the Prefect server and ' if cluster.own_server else ''}{args.workers} "
-          f"workers (pool {POOL}; logs in {cluster.log_dir}) ...", flush=True)
-    with cluster, temporary_settings({PREFECT_API_URL: cluster.api_url}):
-        print(f"Prefect UI: {cluster.api_url.removesuffix('/api')}  (runs -> scale-out: child "
-              "runs and the progress artifact)", flush=True)
-        summary = scale_out(request, out_dir, launcher="deployment",
-                            deployment=f"relabel/{SHARD_DEPLOYMENT}",
-                            stale_after_s=args.stale_after)
+    summary = run_scale_out(request, out_dir, workers=args.workers, api_url=args.api_url,
+                            stale_after_s=args.stale_after,
+                            announce=lambda line: print(line, flush=True))
     print(f"done in {time.perf_counter() - began:.0f} s: merged {summary['folders']} Parquet "
           f"folders ({summary['rows']} rows) from {out_dir} into {request.warehouse}")
     print(f'query it: selfexplain sql "SELECT feature, label FROM v_feature_labels ORDER BY '
