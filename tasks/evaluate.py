@@ -31,7 +31,7 @@ def evaluate_suite(request: EvalRequest, runs_dir: str | None = None) -> EvalOut
     """Run the request's suites on its model (and SAE for the real suite)."""
     logger = get_run_logger()
     began = time.perf_counter()
-    lm = cached_model(request.model)
+    lm = cached_model(request.model, request.precision)
     sae = stats = None
     if request.suite in ("real", "all"):
         sae, stats = load_sae_and_stats(request.sae)
@@ -65,7 +65,7 @@ def evaluation_report(output: EvalOutput, out_dir: str | None) -> str | None:
 @task(name="evaluation-rows", cache_policy=NO_CACHE, persist_result=False)
 def evaluation_rows(output: EvalOutput, eval_id: str) -> dict[str, pl.DataFrame]:
     """`eval_result` and `layer_threshold` rows of an evaluation, ready for `write_rows`."""
-    lm = cached_model(output.request.model)
+    lm = cached_model(output.request.model, output.request.precision)
     release = sae_id = ""
     if output.request.suite in ("real", "all"):
         from tasks.sae import cached_sae

@@ -35,26 +35,33 @@ class ShardRows:
 
 
 @lru_cache(maxsize=1)
-def cached_model(spec: str) -> LoadedModel:
+def cached_model(spec: str, precision: str = "float32", device: str = "cpu") -> LoadedModel:
     """One model load per process, reused by every shard this process runs."""
-    return load_model(spec)
+    import torch
+
+    return load_model(spec, dtype=getattr(torch, precision), device=device)
+
+
+def request_model(request: RelabelRequest) -> LoadedModel:
+    """The request's model, in the precision its engine settings ask for, on its device."""
+    return cached_model(request.model, request.config().precision, request.device)
 
 
 @lru_cache(maxsize=1)
-def cached_explainer(spec: str, config: ExplainConfig):
+def cached_explainer(spec: str, device: str, config: ExplainConfig):
     """The engine's per-run state (prompt caches, baselines, scale grid) for this model+config."""
     from selfexplain.explain import SelfExplainer
 
-    return SelfExplainer(cached_model(spec), config)
+    return SelfExplainer(cached_model(spec, config.precision, device), config)
 
 
 def prepare_engine(request: RelabelRequest) -> None:
     """Load the model and SAE and build the engine (all cached for this process's shards), so that
     a model that cannot load, an SAE that does not fit it, a layer beyond it or a placeholder that
     is not one token fail before a run writes anything."""
-    lm = cached_model(request.model)
+    lm = request_model(request)
     cached_sae(request.sae).check_fits(lm.d_model, lm.n_layers)
-    cached_explainer(request.model, request.config())
+    cached_explainer(request.model, request.device, request.config())
 
 
 def resolve_layer_threshold(request: RelabelRequest, sae: SaeInfo) -> RelabelRequest:
@@ -66,7 +73,7 @@ def resolve_layer_threshold(request: RelabelRequest, sae: SaeInfo) -> RelabelReq
     if not request.layer_threshold:
         return request
     config = request.config()
-    lm = cached_model(request.model)
+    lm = request_model(request)
     layer = sae.resid_layer if sae.resid_layer is not None else config.injection_layer
     value = layer_threshold(request.warehouse, model_id=lm.model_id,
                             model_revision=lm.revision, layer=layer, null_hash=config.null_hash())
@@ -92,9 +99,9 @@ def explain_features(request: RelabelRequest, sae: SaeInfo, features: list[int],
 
     began = time.perf_counter()
     config = request.config()
-    lm = cached_model(request.model)
+    lm = request_model(request)
     directions = cached_sae(request.sae)
-    explainer = cached_explainer(request.model, config)
+    explainer = cached_explainer(request.model, request.device, config)
     done = 0
 
     def progress(n: int) -> None:

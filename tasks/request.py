@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,7 +40,11 @@ class RelabelRequest(BaseModel):
     """Samples per generation scale (override)."""
     seed: int | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
-    """Any other ExplainConfig field, e.g. {"max_new_tokens": 24}."""
+    """Any other ExplainConfig field, e.g. {"max_new_tokens": 24}. `precision` defaults to
+    bfloat16 here (the product's runs), float32 in the library."""
+    device: str = "auto"
+    """Where the model runs: `auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`. Not in the
+    request hash: a GPU run resumes a CPU run's shards and the other way round."""
     warehouse: str = DEFAULT_WAREHOUSE
     shard_size: int = Field(8, ge=1, le=1_000_000)
     """Features per shard: one task (one model load at most) per shard, never one per feature.
@@ -62,6 +67,8 @@ class RelabelRequest(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> "RelabelRequest":
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"unknown device {self.device!r}: give auto, cpu, cuda or cuda:N")
         if not self.all_features:
             parse_features(self.features)
         self.config()
@@ -94,6 +101,7 @@ class RelabelRequest(BaseModel):
         return ExplainConfig.from_preset(
             self.preset,
             **{
+                "precision": "bfloat16",
                 **self.overrides,
                 "metric_scales": parse_scales(self.scales) if self.scales is not None else None,
                 "samples_per_scale": self.samples,

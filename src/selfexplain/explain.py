@@ -67,6 +67,10 @@ class SelfExplainer:
     def __init__(self, lm: LoadedModel, config: ExplainConfig) -> None:
         self.lm = lm
         self.config = config
+        if lm.dtype != config.torch_dtype:
+            raise InputError(f"the model is loaded in {str(lm.dtype).removeprefix('torch.')} but the "
+                             f"configuration asks for {config.precision}: load it with "
+                             f"load_model(..., dtype=config.torch_dtype)")
         self.injection_layer = config.injection_layer
         self.probe_layer = config.probe_layer or lm.default_probe_layer()
         check_layers(self.injection_layer, self.probe_layer, lm.n_layers)
@@ -92,7 +96,7 @@ class SelfExplainer:
         lm = self.lm
         prompt = build_prompt(lm.tokenizer, lm.family, kind, self.config.placeholder)
         window = getattr(lm.model.config, "sliding_window", None)
-        needed = len(prompt.input_ids) + self.config.max_new_tokens
+        needed = len(prompt.input_ids) + self._budget(kind)
         if isinstance(window, int) and 0 < window < needed:
             # a cached prefix continued past a sliding window is no longer exact (measured on a
             # tiny Gemma 3 with window 16: self-similarity off by 2e-4 against a full forward)
@@ -244,6 +248,12 @@ class SelfExplainer:
         self._tick("selection", clock)
         return result
 
+    def _budget(self, kind: str) -> int:
+        """New tokens per sample of this prompt."""
+        if kind == REPEAT and self.config.repeat_max_new_tokens is not None:
+            return self.config.repeat_max_new_tokens
+        return self.config.max_new_tokens
+
     def _tick(self, stage: str, since: float) -> float:
         now = time.perf_counter()
         self.timings[stage] += now - since
@@ -265,10 +275,10 @@ class SelfExplainer:
                        rows: list[tuple[int, float, int]]) -> list[str]:
         """Sample from the metric pass's own cache: no second prompt pass."""
         select = torch.tensor(cache_rows)
-        out.cache.batch_select_indices(select)
+        out.cache.batch_select_indices(select.to(self.lm.device))
         return sample_continuations(
             self.lm, out.logits[select], out.cache, self._seeds(kind, features, rows),
-            max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
+            max_new_tokens=self._budget(kind), temperature=self.config.temperature,
         )
 
     def _sample_fresh(self, kind: str, state: _PromptState, directions: Tensor,
@@ -283,7 +293,7 @@ class SelfExplainer:
                                  self.injection_layer, self.probe_layer, keep_cache=True)
             texts.extend(sample_continuations(
                 self.lm, result.logits, result.cache, self._seeds(kind, features, batch),
-                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                max_new_tokens=self._budget(kind), temperature=config.temperature,
             ))
         return texts
 

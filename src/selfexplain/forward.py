@@ -22,7 +22,7 @@ class PromptPass(NamedTuple):
     """What one batched prompt pass yields."""
 
     probe: Tensor  # (batch, d_model) residual entering the probe layer at the last prompt token
-    logits: Tensor  # (batch, vocab) next-token logits at the last prompt token (float32)
+    logits: Tensor  # (batch, vocab) next-token logits at the last prompt token (float32, CPU)
     cache: object | None  # the KV cache after the prompt (for generation), or None
 
 
@@ -79,9 +79,9 @@ def prompt_pass(
             input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
         )
     assert probe.last is not None
-    return PromptPass(
-        probe=probe.last.float(),
-        logits=output.logits[:, -1].float(),
+    return PromptPass(  # metrics and sampling run on the CPU whatever the model's device
+        probe=probe.last.float().cpu(),
+        logits=output.logits[:, -1].float().cpu(),
         cache=output.past_key_values if keep_cache else None,
     )
 

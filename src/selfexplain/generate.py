@@ -1,9 +1,11 @@
 """Sampling explanations after an injected prompt pass, with a KV cache, cut at the closing quote.
 
-Each row draws from its own seeded generator (Gumbel-max sampling at temperature T, no top-k/top-p),
-so a sample depends only on (seed, feature, prompt, scale index, sample index), not on how features
-were batched or sharded: a resumed run reproduces the same text. Finished rows are dropped from
-the batch as they finish.
+Each row draws from its own seeded generator (inverse-CDF sampling at temperature T, no top-k/top-p:
+one uniform number per row and step), so a sample depends only on (seed, feature, prompt, scale
+index, sample index), not on how features were batched or sharded: a resumed run reproduces the
+same text. Finished rows stay in the batch (their tokens are ignored) until a quarter of it has
+finished, then the KV cache is compacted: each compaction copies the whole cache, so doing it at
+every finished row cost more than the wasted rows (profiled: 9% of a feature's time).
 """
 
 from __future__ import annotations
@@ -64,32 +66,40 @@ def sample_continuations(
     vocab = min(first_logits.shape[-1], is_stop.shape[0])
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     tokens: list[list[int]] = [[] for _ in range(rows)]
-    active = torch.arange(rows)  # row ids still generating, in cache order
-    logits = first_logits[:, :vocab]
+    in_cache = torch.arange(rows)  # row id of each cache row
+    alive = torch.ones(rows, dtype=torch.bool)  # per cache row: still generating
+    logits = first_logits[:, :vocab].float().cpu()  # (cache rows, vocab)
     for step in range(max_new_tokens):
-        noise = torch.stack(
-            [torch.rand(vocab, generator=generators[int(r)]) for r in active]
-        ).clamp_(1e-20, 1.0)  # (active, vocab)
-        gumbel = -torch.log(-torch.log(noise))
-        chosen = torch.argmax(logits.float() / temperature + gumbel, dim=-1)  # (active,)
-        done = is_stop[chosen] | has_quote[chosen]
-        for row, token in zip(active.tolist(), chosen.tolist()):
-            tokens[row].append(token)
-        keep = ~done
-        if step == max_new_tokens - 1 or not keep.any():
+        live = alive.nonzero().squeeze(-1)  # cache rows still generating
+        uniform = torch.cat([torch.rand(1, generator=generators[int(in_cache[c])]) for c in live])
+        chosen = torch.zeros(len(in_cache), dtype=torch.long)  # finished rows feed token 0
+        chosen[live] = sample_tokens(logits[live], uniform, temperature)
+        for c in live.tolist():
+            tokens[int(in_cache[c])].append(int(chosen[c]))
+        alive[live] = ~(is_stop[chosen[live]] | has_quote[chosen[live]])
+        if step == max_new_tokens - 1 or not alive.any():
             break
-        if not keep.all():
-            cache.batch_select_indices(keep.nonzero().squeeze(-1))  # type: ignore[attr-defined]
-            active, chosen = active[keep], chosen[keep]
+        if (~alive).sum() * 4 >= len(in_cache):  # compact: drop finished rows from the cache
+            keep = alive.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep.to(lm.device))  # type: ignore[attr-defined]
+            in_cache, alive, chosen = in_cache[keep], alive[keep], chosen[keep]
         output = lm.model(
             input_ids=chosen[:, None].to(lm.device), past_key_values=cache, use_cache=True,
             logits_to_keep=1,
         )
         cache = output.past_key_values
-        logits = output.logits[:, -1, :vocab]
+        logits = output.logits[:, -1, :vocab].float().cpu()
     texts: list[str] = []
     for row_tokens in tokens:
         while row_tokens and bool(is_stop[row_tokens[-1]]):
             row_tokens = row_tokens[:-1]
         texts.append(_cut(lm.tokenizer.decode(row_tokens, skip_special_tokens=True)))  # type: ignore[attr-defined]
     return texts
+
+
+def sample_tokens(logits: Tensor, uniform: Tensor, temperature: float) -> Tensor:
+    """Inverse-CDF sampling: per row, the first token whose cumulative probability exceeds the
+    row's uniform number. logits: (rows, vocab); uniform: (rows,) in [0, 1) -> (rows,) ids."""
+    cdf = torch.softmax(logits / temperature, dim=-1).cumsum(dim=-1)  # (rows, vocab)
+    target = uniform[:, None] * cdf[:, -1:]  # the last value is 1 up to rounding
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)

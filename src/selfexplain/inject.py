@@ -37,7 +37,7 @@ def replaced_at(layer: nn.Module, positions: Tensor, vectors: Tensor) -> Iterato
         if hidden.shape[1] == 1:
             return None
         hidden = hidden.clone()
-        hidden[:, positions] = vectors[:, None, :].to(hidden.dtype)  # (batch, n_positions, d_model)
+        hidden[:, positions] = vectors[:, None, :].to(hidden.device, hidden.dtype)  # (batch, n_positions, d_model)
         return _with_hidden(args, kwargs, hidden)
 
     handle = layer.register_forward_pre_hook(hook, with_kwargs=True)

@@ -29,7 +29,7 @@ def test_relabel_uses_the_null_drawn_for_its_layer_and_settings(tmp_path, tiny_m
         relabel(request)
 
     # the evaluation's null for this config: random directions, their best round trips
-    lm = load_model(tiny_model_dir)
+    lm = load_model(tiny_model_dir, dtype=request.config().torch_dtype)  # bfloat16, as relabel
     explainer = SelfExplainer(lm, request.config())
     null = thresholds.null_distribution(explainer, 12, seed=0)
     assert set(null) == {"meaning"} and null["meaning"].shape == (12,)

@@ -95,3 +95,40 @@ def test_layers_out_of_range_are_refused(tiny_lm):
 def test_directions_of_wrong_width_are_refused(tiny_lm):
     with pytest.raises(InputError, match="expected"):
         explain_directions(tiny_lm, torch.randn(2, tiny_lm.d_model + 1), _config())
+
+
+def test_bfloat16_engine_and_precision_check():
+    from conftest import build_tiny_model
+    from selfexplain.attention import use_grouped_attention
+
+    lm = build_tiny_model("llama", seed=5)
+    lm.model.to(torch.bfloat16)
+    use_grouped_attention(lm.model)
+    with pytest.raises(InputError, match="loaded in bfloat16 but the configuration asks for float32"):
+        SelfExplainer(lm, _config())
+    config = _config(precision="bfloat16")
+    assert config.settings_hash() != _config().settings_hash()
+    results = SelfExplainer(lm, config).explain(torch.randn(2, lm.d_model), [0, 1])
+    assert all(len(r.candidates) == 8 and r.max_roundtrip is not None for r in results)
+
+
+def test_repeat_prompt_has_its_own_token_budget(tiny_lm):
+    config = _config(max_new_tokens=12, repeat_max_new_tokens=2, samples_per_scale=4)
+    result = explain_directions(tiny_lm, torch.randn(2, tiny_lm.d_model), config)
+    tokens = lambda c: len(tiny_lm.tokenizer(c.text, add_special_tokens=False).input_ids)  # noqa: E731
+    lengths = {kind: [tokens(c) for r in result for c in r.candidates if c.prompt == kind]
+               for kind in ("meaning", "repeat")}
+    assert max(lengths["repeat"]) <= 2 < max(lengths["meaning"])
+
+
+def test_devices_are_checked_before_anything_loads():
+    from selfexplain.models import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(InputError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            resolve_device("cuda")

@@ -84,7 +84,7 @@ def test_task_bodies(tiny_lm, tmp_path, monkeypatch) -> None:
 
     import tasks.evaluate as task_module
 
-    monkeypatch.setattr(task_module, "cached_model", lambda spec: tiny_lm)
+    monkeypatch.setattr(task_module, "cached_model", lambda spec, *args: tiny_lm)
     request = EvalRequest(limit=2, classes=False, null_directions=0, rerank=(),
                           methods=("default", "vocabproj"), overrides=TINY,
                           scale_quality=False, planted_embedding=False)

@@ -9,6 +9,9 @@ import sys
 import time
 
 
+from selfexplain.commands.explain import add_runtime_arguments
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -41,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="real suite: inject each latent's decoder row, its typical input, "
                         "or auto (the preset's own: default auto, faithful decoder)")
     parser.add_argument("--seed", type=int, default=0)
+    add_runtime_arguments(parser)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; "
                         "1 is much faster when other jobs share the cores)")
     parser.add_argument("--model", default="default")
@@ -76,7 +80,8 @@ def request_from_args(args: argparse.Namespace):
             scale_quality=thorough and not args.no_scale_quality,
             null_directions=args.null if args.null is not None else 32 if thorough else 0,
             seed=args.seed, sae=args.sae, model=args.model,
-            overrides={"direction": args.direction} if getattr(args, "direction", None) else {},
+            overrides={"precision": args.precision,
+                       **({"direction": args.direction} if args.direction else {})},
         )
     except ValidationError as err:
         first = err.errors()[0]
@@ -85,7 +90,10 @@ def request_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from selfexplain.models import resolve_device
+
     request = request_from_args(args)  # validate before the slow loads
+    device = resolve_device(args.device)
     from selfexplain.evaluation import judge as judge_mod
 
     endpoint = judge_mod.JudgeEndpoint.from_env(os.environ)
@@ -110,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         log(f"loading SAE {request.sae}")
         sae, stats = load_sae_and_stats(request.sae)
     log(f"loading model {request.model}")
-    lm = load_model(request.model)
+    lm = load_model(request.model, dtype=getattr(torch, request.precision),
+                    device=device)
     output = run_evaluation(lm, request, sae=sae, stats=stats, log=log,
                             runs_dir=f"{args.out}/runs" if args.out else None)
     references = None

@@ -10,7 +10,8 @@ from pathlib import Path
 from selfexplain.commands.explain import add_config_arguments
 
 OVERRIDE_FLAGS = ("scale_unit", "selection", "placeholder", "injection_layer", "probe_layer",
-                  "max_new_tokens", "failure_metric", "failure_threshold", "direction")
+                  "max_new_tokens", "failure_metric", "failure_threshold", "direction",
+                  "precision")
 """Engine flags that travel in the request's `overrides` (preset/scales/samples/seed have fields)."""
 
 
@@ -55,7 +56,7 @@ def build_request(args: argparse.Namespace):
     return RelabelRequest.build(
         model=args.model, sae=args.sae, features=args.features, all_features=args.all_features,
         preset=args.preset, scales=args.scales, samples=args.samples, seed=args.seed,
-        overrides=overrides, warehouse=str(Path(args.warehouse).expanduser().resolve()),
+        overrides=overrides, device=args.device, warehouse=str(Path(args.warehouse).expanduser().resolve()),
         shard_size=args.shard_size, layer_threshold=args.layer_threshold or None,
         carry_over=args.carry_over or None, matched=args.matched,
         match_threshold=args.match_threshold,

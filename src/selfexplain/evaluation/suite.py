@@ -68,6 +68,11 @@ class EvalRequest(BaseModel):
     """ExplainConfig fields applied to every self-explanation preset (e.g. for tiny test models);
     leave empty to evaluate the presets as they are."""
 
+    @property
+    def precision(self) -> str:
+        """The model precision of this evaluation (`overrides`, else the library's float32)."""
+        return str(self.overrides.get("precision", "float32"))
+
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
