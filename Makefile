@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test test-fast bench bench-errors bench-browse bench-carryover scale-out gemma ui browse chromium corpus train-default-sae clean
+.PHONY: install run test test-fast bench bench-gpu bench-errors bench-browse bench-carryover scale-out gemma ui browse chromium corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ BENCH_ARGS ?= --features 32 --naive-features 8 --words 16
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.errors
+
+# The same on a lent GPU (the device tool): both sides on CUDA, figures in bench/results-gpu.json.
+bench-gpu: install
+	$(PY) -m bench.run --device cuda --out bench/results-gpu.json $(BENCH_ARGS)
 
 # The feature browser's table page on a 100k-feature warehouse (bench/browse.json).
 bench-browse: install

@@ -29,6 +29,8 @@ class FlopCounter:
         self.matmul_params = total - embedding - (0 if tied else head.numel())
         self.flops = 0.0
         self.tokens = 0
+        self.context_tokens = 0.0  # sum over processed tokens of their attention context
+        self.logit_rows = 0
 
     def _hook(self, _module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -44,6 +46,8 @@ class FlopCounter:
         self.flops += 4 * self.n_layers * self.d_model * tokens * mean_context
         self.flops += 2 * self.vocab * self.d_model * batch * min(int(keep), seq)
         self.tokens += tokens
+        self.context_tokens += tokens * mean_context
+        self.logit_rows += batch * min(int(keep), seq)
 
     def __enter__(self) -> "FlopCounter":
         self.handle = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
@@ -72,3 +76,18 @@ def matmul_peak_gflops(d_model: int, d_ff: int, dtype: torch.dtype, rows: int = 
         elapsed = time.perf_counter() - start
         best = max(best, 5 * 2 * (2 * rows * d_model * d_ff) / elapsed / 1e9)
     return best
+
+
+GEMMA_2B = dict(matmul_params=18 * (2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 16384),
+                n_layers=18, d_model=2048, vocab=256_000)
+"""Gemma-2B(-it), the original work's model: 18 blocks, d_model 2048, MQA (8 query heads, one
+key/value head of 256), MLP 16384, tied 256k vocabulary: 1.98B matmul parameters per token."""
+
+
+def projected_flops(counter: FlopCounter, *, matmul_params: int, n_layers: int, d_model: int,
+                    vocab: int) -> float:
+    """The FLOPs the same token work (tokens, contexts, logit rows) costs on another model's
+    shapes: how the measured run projects to, e.g., Gemma-2B. Prompt lengths differ a little
+    between chat templates; the sampled answers' lengths are assumed the same."""
+    return (2 * matmul_params * counter.tokens + 4 * n_layers * d_model * counter.context_tokens
+            + 2 * vocab * d_model * counter.logit_rows)

@@ -27,7 +27,7 @@ def _replace_output(layer: torch.nn.Module, positions: torch.Tensor, vectors: to
         if hidden.shape[1] == 1:
             return output
         hidden = hidden.clone()
-        hidden[:, positions] = vectors[:, None, :]
+        hidden[:, positions] = vectors[:, None, :].to(hidden.dtype)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     handle = layer.register_forward_hook(hook)
@@ -50,21 +50,22 @@ def naive_explain(lm: LoadedModel, direction: torch.Tensor, config: ExplainConfi
     out: dict[str, object] = {}
     for kind in (MEANING, REPEAT):
         prompt = build_prompt(lm.tokenizer, lm.family, kind, config.placeholder)
-        ids = prompt.input_ids[None]  # (1, seq)
+        ids = prompt.input_ids[None].to(lm.device)  # (1, seq)
         clock = time.perf_counter()
-        vectors = metric_scales[:, None] * direction[None, :]  # (64, d_model)
+        vectors = (metric_scales[:, None] * direction[None, :]).to(lm.device)  # (64, d_model)
         with _replace_output(layer, prompt.placeholder_positions, vectors), captured_at(
             lm.layers[probe_layer]
         ) as probe:
             logits = lm.model(input_ids=ids.expand(len(metric_scales), -1), use_cache=False).logits
-        last = logits[:, -1].float()  # (64, vocab)
-        selfsim = self_similarity(probe.last[None].float(), probe.last[0].float(),
+        last = logits[:, -1].float().cpu()  # (64, vocab)
+        probed = probe.last.float().cpu()
+        selfsim = self_similarity(probed[None], probed[0],
                                   direction[None])  # (1, 64); row 0 is scale 0
         ent = entropy(last) - entropy(last[0])
         comp = composite(selfsim, ent[None], metric_scales, config.alpha, config.min_scale)[0]
         timings["metrics"] += time.perf_counter() - clock
         clock = time.perf_counter()
-        vectors = gen_scales[:, None] * direction[None, :]  # (32, d_model)
+        vectors = (gen_scales[:, None] * direction[None, :]).to(lm.device)  # (32, d_model)
         with _replace_output(layer, prompt.placeholder_positions, vectors):
             generated = lm.model.generate(
                 input_ids=ids.expand(len(gen_scales), -1), attention_mask=torch.ones_like(

@@ -37,10 +37,11 @@ def word_named(word: str, texts: list[str]) -> bool:
     return any(pattern.search(text) for text in texts)
 
 
-def run_side(side: str, features: list[int], words: list[str], threads: int) -> dict[str, object]:
+def run_side(side: str, features: list[int], words: list[str], threads: int,
+             device: str = "cpu") -> dict[str, object]:
     """Explain `features` of the default SAE, then the planted `words`; time only the features."""
     torch.set_num_threads(threads)
-    from bench.flops import FlopCounter
+    from bench.flops import GEMMA_2B, FlopCounter, projected_flops
     from selfexplain.config import ExplainConfig
     from selfexplain.models import load_model
     from selfexplain.saes import load_sae
@@ -49,7 +50,8 @@ def run_side(side: str, features: list[int], words: list[str], threads: int) -> 
     from bench.flops import matmul_peak_gflops
 
     # the original recipe in float32 as published; ours as the product runs (bfloat16)
-    lm = load_model("default", dtype=torch.bfloat16 if side == "ours" else torch.float32)
+    lm = load_model("default", dtype=torch.bfloat16 if side == "ours" else torch.float32,
+                    device=device)
     sae = load_sae("default")
     # The peak is measured in this process, under the same threads and machine load as the run
     # (before and after it; the better counts), so the fraction of peak compares like with like.
@@ -92,12 +94,16 @@ def run_side(side: str, features: list[int], words: list[str], threads: int) -> 
         "features_per_min": 60 * len(kept) / elapsed,
         "timings": timings,
         "gflop": counter.flops / 1e9,
+        "tokens": counter.tokens,
+        "logit_rows": counter.logit_rows,
+        "gemma2b_gflop_per_feature": projected_flops(counter, **GEMMA_2B) / 1e9 / len(kept),
         "achieved_gflops": counter.flops / 1e9 / elapsed,
         "planted_hits": hits,
         "planted_n": len(words),
         "planted_score": hits / len(words),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "dtype": str(next(lm.model.parameters()).dtype),
+        "device": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else "cpu",
         "config": config.model_dump(mode="json"),
     }
 
@@ -108,20 +114,23 @@ def main() -> None:
     parser.add_argument("--naive-features", type=int, help="fewer for the slow side (default: same)")
     parser.add_argument("--words", type=int, default=len(BENCH_WORDS), help="planted words per side")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (make bench-gpu)")
     parser.add_argument("--side", choices=["naive", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results.json"))
     args = parser.parse_args()
     words = list(BENCH_WORDS[: args.words])
     if args.side:  # child process: one side, JSON on the last stdout line
         count = args.features
-        print(json.dumps(run_side(args.side, list(range(count)), words, args.threads)))
+        print(json.dumps(run_side(args.side, list(range(count)), words, args.threads,
+                                    args.device)))
         return
     sides = {}
     for side, count in (("ours", args.features), ("naive", args.naive_features or args.features)):
         print(f"running {side} on {count} features + {len(words)} planted words ...", flush=True)
         done = subprocess.run(
             [sys.executable, "-m", "bench.run", "--side", side, "--features", str(count),
-             "--words", str(len(words)), "--threads", str(args.threads)],
+             "--words", str(len(words)), "--threads", str(args.threads),
+             "--device", args.device],
             check=True, stdout=subprocess.PIPE, text=True, cwd=HERE.parent,
         )
         sides[side] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -145,6 +154,11 @@ def main() -> None:
         "peak_rss_mb": ours["peak_rss_mb"],
         "baseline_peak_rss_mb": naive["peak_rss_mb"],
         "full_default_sae_minutes_estimate": 4096 / ours["features_per_min"],
+        # the same token work on Gemma-2B's shapes, for a 16k SAE; hours at 30% of an A100's
+        # 312 TFLOP/s bf16 peak (an assumption, not a measurement: no GPU here)
+        "gemma2b_16k_pflop": ours["gemma2b_gflop_per_feature"] * 16384 / 1e6,
+        "gemma2b_16k_a100_hours_at_30pct": ours["gemma2b_gflop_per_feature"] * 16384 * 1e9
+        / (0.3 * 312e12) / 3600,
         "threads": args.threads,
         "sides": sides,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -180,6 +194,9 @@ def print_table(results: dict) -> None:
           f"{100 * results['achieved_fraction_of_peak']:.0f}% of it; at the end: fp32 "
           f"{peak['float32']:.0f}, bf16 {peak['bfloat16']:.0f} GFLOP/s; full default SAE (4096) "
           f"~{results['full_default_sae_minutes_estimate']:.0f} min")
+    print(f"Gemma-2B with a 16k SAE, same token work: {results['gemma2b_16k_pflop']:.0f} PFLOP, "
+          f"~{results['gemma2b_16k_a100_hours_at_30pct']:.1f} h on one A100 at 30% of peak "
+          f"({ours['gemma2b_gflop_per_feature']:.0f} GFLOP per feature)")
 
 
 if __name__ == "__main__":

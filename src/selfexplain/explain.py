@@ -72,6 +72,13 @@ class SelfExplainer:
                              f"configuration asks for {config.precision}: load it with "
                              f"load_model(..., dtype=config.torch_dtype)")
         self.injection_layer = config.injection_layer
+        self.batch_rows = config.batch_rows
+        """Rows per prompt pass: the configured number on the CPU; on CUDA, as many as half the
+        free memory holds (never fewer than configured)."""
+        if lm.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(lm.device)
+            fitted = fit_batch_rows(lm, config.max_new_tokens + 64, free // 2)
+            self.batch_rows = max(config.batch_rows, fitted)
         self.probe_layer = config.probe_layer or lm.default_probe_layer()
         check_layers(self.injection_layer, self.probe_layer, lm.n_layers)
         self.unit = 1.0
@@ -103,12 +110,12 @@ class SelfExplainer:
             raise InputError(f"the model's sliding attention window ({window} tokens) is shorter "
                              f"than the prompt plus answer ({needed}): lower --max-new-tokens")
         prefix = PrefixCache(lm, prompt)
-        embedding = lm.model.get_input_embeddings().weight.float().mean(dim=0)  # (d_model,)
+        embedding = lm.model.get_input_embeddings().weight.float().mean(dim=0).cpu()  # (d_model,)
         mean_direction = embedding / embedding.norm()
         vectors = torch.cat([torch.zeros(1, lm.d_model), self.scales[:, None] * mean_direction])
         passes = [
             prompt_pass(lm, prompt, prefix, chunk, self.injection_layer, self.probe_layer)
-            for chunk in vectors.split(self.config.batch_rows)
+            for chunk in vectors.split(self.batch_rows)
         ]
         probe = torch.cat([p.probe for p in passes])  # (1 + scales, d_model)
         logits = torch.cat([p.logits for p in passes])  # (1 + scales, vocab)
@@ -125,7 +132,7 @@ class SelfExplainer:
             raise InputError("one feature id per direction is required")
         names = names or [f"feature {f}" for f in features]
         directions = directions.float() / directions.float().norm(dim=-1, keepdim=True)
-        per_chunk = max(1, self.config.batch_rows // len(self.scales))
+        per_chunk = max(1, self.batch_rows // len(self.scales))
         out: list[FeatureExplanation] = []
         for start in range(0, len(features), per_chunk):
             stop = start + per_chunk
@@ -286,8 +293,8 @@ class SelfExplainer:
         """Faithful mode: a new injected prompt pass per batch of (feature, scale, sample) rows."""
         config = self.config
         texts: list[str] = []
-        for start in range(0, len(rows), config.batch_rows):
-            batch = rows[start : start + config.batch_rows]
+        for start in range(0, len(rows), self.batch_rows):
+            batch = rows[start : start + self.batch_rows]
             vectors = torch.stack([scale * directions[f] for f, scale, _ in batch])
             result = prompt_pass(self.lm, state.prompt, state.prefix, vectors,
                                  self.injection_layer, self.probe_layer, keep_cache=True)
@@ -403,3 +410,17 @@ def explain_sae_features(lm: LoadedModel, sae: SaeDirections, features: list[int
     if progress is not None and skipped:
         progress(len(skipped))
     return results, [SkippedFeature(f, reason) for f, reason in skipped.items()]
+
+
+def fit_batch_rows(lm: LoadedModel, context_tokens: int, memory_bytes: int,
+                   samples_per_row: int = 4) -> int:
+    """How many prompt-pass rows fit `memory_bytes`: each row becomes about `samples_per_row`
+    sampling rows (best scales x samples per feature, over the scales per feature), each holding
+    a KV cache of `context_tokens` and its logits (model dtype and a float32 copy)."""
+    config = lm.model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    itemsize = lm.dtype.itemsize
+    kv = 2 * lm.n_layers * heads * head_dim * context_tokens * itemsize
+    logits = config.vocab_size * (itemsize + 4)
+    return max(1, int(memory_bytes // (samples_per_row * (kv + logits))))

@@ -371,6 +371,16 @@ def _quiet_progress() -> Iterator[None]:
 def _load_gguf(path: Path, dtype: torch.dtype, device: str | torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import sys
+    from functools import partial
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    # transformers draws its own tqdm bar over the GGUF's tensors, outside its progress-bar switch:
+    # one line says what happens instead (once per machine: the result is cached)
+    print(f"de-quantising {path.name} once (about 20 s; cached after)", file=sys.stderr, flush=True)
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(bar, disable=True)
     try:
         with _quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -383,4 +393,6 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: str | torch.device):
             f"cannot read GGUF file {path}: {type(err).__name__}: {first}; the file is corrupt or "
             "truncated: download it again"
         ) from None
+    finally:
+        gguf_utils.tqdm = bar
     return model.to(device).eval(), tokenizer

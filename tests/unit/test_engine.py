@@ -132,3 +132,13 @@ def test_devices_are_checked_before_anything_loads():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_gpu_batch_fits_memory(tiny_lm):
+    from selfexplain.explain import fit_batch_rows
+
+    # tiny llama: 6 layers, 2 kv heads of 8, float32; vocab from the tiny tokenizer
+    per_row = 4 * (2 * 6 * 2 * 8 * 100 * 4 + tiny_lm.model.config.vocab_size * 8)
+    assert fit_batch_rows(tiny_lm, 100, 10 * per_row) == 10
+    assert fit_batch_rows(tiny_lm, 100, per_row // 2) == 1
+    assert fit_batch_rows(tiny_lm, 200, 10 * per_row) < 10
