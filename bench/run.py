@@ -179,7 +179,7 @@ def print_table(results: dict) -> None:
           for stage in ("prefill", "metrics", "generation", "selection")],
         ("model GFLOP", f"{naive['gflop']:.0f}", f"{ours['gflop']:.0f}"),
         ("achieved GFLOP/s", f"{naive['achieved_gflops']:.1f}", f"{ours['achieved_gflops']:.1f}"),
-        ("dtype", naive["dtype"], ours["dtype"]),
+        ("dtype", naive["dtype"].removeprefix("torch."), ours["dtype"].removeprefix("torch.")),
         ("matmul peak GFLOP/s", f"{naive['matmul_peak_gflops']:.1f}", f"{ours['matmul_peak_gflops']:.1f}"),
         ("peak RSS MB", f"{naive['peak_rss_mb']:.0f}", f"{ours['peak_rss_mb']:.0f}"),
         ("planted top-3", f"{naive['planted_hits']}/{naive['planted_n']}",
