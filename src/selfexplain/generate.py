@@ -73,7 +73,7 @@ def sample_continuations(
         live = alive.nonzero().squeeze(-1)  # cache rows still generating
         uniform = torch.cat([torch.rand(1, generator=generators[int(in_cache[c])]) for c in live])
         chosen = torch.zeros(len(in_cache), dtype=torch.long)  # finished rows feed token 0
-        chosen[live] = sample_tokens(logits[live], uniform, temperature)
+        chosen[live] = sample_tokens(logits[live], uniform, temperature)  # logits[live]: a copy
         for c in live.tolist():
             tokens[int(in_cache[c])].append(int(chosen[c]))
         alive[live] = ~(is_stop[chosen[live]] | has_quote[chosen[live]])
@@ -99,7 +99,12 @@ def sample_continuations(
 
 def sample_tokens(logits: Tensor, uniform: Tensor, temperature: float) -> Tensor:
     """Inverse-CDF sampling: per row, the first token whose cumulative probability exceeds the
-    row's uniform number. logits: (rows, vocab); uniform: (rows,) in [0, 1) -> (rows,) ids."""
-    cdf = torch.softmax(logits / temperature, dim=-1).cumsum(dim=-1)  # (rows, vocab)
-    target = uniform[:, None] * cdf[:, -1:]  # the last value is 1 up to rounding
+    row's uniform number. logits: (rows, vocab) float32, overwritten; uniform: (rows,) in [0, 1)
+    -> (rows,) ids. The unnormalised cumulative sum is compared with uniform x its total, which
+    saves softmax's division pass (this runs over the whole vocabulary at every step)."""
+    if temperature != 1.0:
+        logits.div_(temperature)
+    weights = logits.sub_(logits.max(dim=-1, keepdim=True).values).exp_()  # (rows, vocab)
+    cdf = torch.cumsum(weights, dim=-1, out=weights)
+    target = uniform[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
