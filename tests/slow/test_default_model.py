@@ -49,8 +49,10 @@ def _named(word: str, texts: list[str]) -> bool:
     return any(word.strip().lower() in text.lower() for text in texts)
 
 
-def test_planted_words_are_named_far_more_often_than_random_directions(default_lm):
-    explainer = SelfExplainer(default_lm, ExplainConfig.from_preset("default"))
+def test_planted_words_are_named_far_more_often_than_random_directions():
+    # in bfloat16, as the CLI and the flows run it (grouped attention, inverse-CDF sampling)
+    default_lm = load_model("default", dtype=torch.bfloat16)
+    explainer = SelfExplainer(default_lm, ExplainConfig.from_preset("default", precision="bfloat16"))
     planted = word_directions(default_lm, WORDS, explainer.injection_layer)
     generator = torch.Generator().manual_seed(0)
     random = torch.randn(len(WORDS), default_lm.d_model, generator=generator)
