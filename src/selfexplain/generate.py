@@ -5,7 +5,7 @@ one uniform number per row and step), so a sample depends only on (seed, feature
 index, sample index), not on how features were batched or sharded: a resumed run reproduces the
 same text. Finished rows stay in the batch (their tokens are ignored) until a quarter of it has
 finished, then the KV cache is compacted: each compaction copies the whole cache, so doing it at
-every finished row cost more than the wasted rows (profiled: 9% of a feature's time).
+every finished row cost more than the wasted rows (9% of a feature's time in bfloat16, profiled).
 """
 
 from __future__ import annotations

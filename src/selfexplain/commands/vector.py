@@ -70,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
                 **{k: round(v, 4) for k, v in stats.items()}}
     path = save_vector(args.out, vector, metadata)
     print(json.dumps({"out": str(path), **metadata}))
-    print(f"explain it: selfexplain explain --model {args.model} --vector {path}")
+    at = "" if layer == ExplainConfig.from_preset().injection_layer else f" --injection-layer {layer}"
+    print(f"explain it: selfexplain explain --model {args.model} --vector {path}{at}")
     return 0
