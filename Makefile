@@ -92,7 +92,7 @@ corpus: install
 
 # Resumable: killed or stopped, the same command continues from .sae-checkpoint/ (see CARD.md).
 train-default-sae: corpus
-	$(VENV)/bin/selfexplain train-sae --layer 2 --width 4096 --k 8 --tokens 20000000 \
+	$(VENV)/bin/selfexplain train-sae --layer 2 --width 4096 --k 8 --tokens 20000000 --epochs 2 \
 		--heldout-tokens 100000 --batch-tokens 1024 --seed 0 --corpus corpus \
 		--checkpoint-dir .sae-checkpoint --out src/selfexplain/data/default_sae --overwrite
 

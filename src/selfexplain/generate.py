@@ -18,6 +18,9 @@ from torch import Tensor
 
 from selfexplain.models import LoadedModel
 
+COMPACT_AT = 0.25
+"""Fraction of finished rows in the batch at which the KV cache is compacted."""
+
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|end|>", "<|eot_id|>", "</s>", "<|endoftext|>")
 
 
@@ -79,7 +82,7 @@ def sample_continuations(
         alive[live] = ~(is_stop[chosen[live]] | has_quote[chosen[live]])
         if step == max_new_tokens - 1 or not alive.any():
             break
-        if (~alive).sum() * 4 >= len(in_cache):  # compact: drop finished rows from the cache
+        if (~alive).sum() >= COMPACT_AT * len(in_cache):  # compact: drop finished rows
             keep = alive.nonzero().squeeze(-1)
             cache.batch_select_indices(keep.to(lm.device))  # type: ignore[attr-defined]
             in_cache, alive, chosen = in_cache[keep], alive[keep], chosen[keep]
