@@ -329,7 +329,7 @@ def _load_gguf_cached(path: Path, checksum: str, dtype: torch.dtype, device: str
     folder = Path(cache_dir or default_cache_dir()) / f"gguf-{checksum[:16]}"
     if (folder / CACHE_COMPLETE).is_file():
         try:
-            with _quiet_progress():
+            with quiet_progress():
                 tokenizer = AutoTokenizer.from_pretrained(str(folder))
                 model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
             return model.to(device).eval(), tokenizer
@@ -354,7 +354,7 @@ def _load_gguf_cached(path: Path, checksum: str, dtype: torch.dtype, device: str
 
 
 @contextmanager
-def _quiet_progress() -> Iterator[None]:
+def quiet_progress() -> Iterator[None]:
     """No transformers progress bars (de-quantising, loading weights) while loading a local file:
     they say nothing a user needs. Download bars of hub loads stay."""
     from transformers.utils import logging as hf_logging
@@ -382,7 +382,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: str | torch.device):
     bar = gguf_utils.tqdm
     gguf_utils.tqdm = partial(bar, disable=True)
     try:
-        with _quiet_progress():
+        with quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, dtype=dtype

@@ -81,8 +81,11 @@ class Embedder:
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path) if path is not None else minilm_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval()
+        from selfexplain.models import quiet_progress
+
+        with quiet_progress():  # a local folder: no weight-loading bar
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModel.from_pretrained(str(path)).eval()
         self.batch = batch
 
     @torch.inference_mode()
