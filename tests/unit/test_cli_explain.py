@@ -33,6 +33,15 @@ def test_explain_vector_json(tiny_model_dir, tmp_path, capsys):
             assert {"text", "scale", "composite"} <= set(expl)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_explain_in_either_precision(tiny_model_dir, capsys, precision):
+    code = main(["explain", "--model", str(tiny_model_dir), "--word", " dog", "--json",
+                 "--max-new-tokens", "4", "--scales", "0,0.5,1,2", "--precision", precision])
+    assert code == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["name"] == " dog" and row["explanations"]
+
+
 def test_explain_sae_text_output(tiny_model_dir, tmp_path, capsys):
     from tests.conftest import write_sae_folder
 
@@ -52,6 +61,7 @@ def test_explain_sae_text_output(tiny_model_dir, tmp_path, capsys):
     (["--sae", "SAE", "--features", "0", "--scales", "3,1"], "not strictly increasing"),
     (["--sae", "SAE", "--features", "0", "--placeholder", "XY"], "not a single token"),
     (["--sae", "nope-release/blocks.0", "--features", "0"], "unknown SAE release"),
+    (["--sae", "SAE", "--features", "0", "--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_input_one_line_error(tiny_model_dir, tmp_path, capsys, argv, message):
     from tests.conftest import write_sae_folder
