@@ -180,10 +180,9 @@ class SelfExplainer:
         scales = self.scales[index]  # (features, width)
         vectors = (scales[..., None] * directions[:, None, :]).reshape(-1, d_model)
         clock = time.perf_counter()
-        out = prompt_pass(self.lm, state.prompt, state.prefix, vectors, self.injection_layer,
-                          self.probe_layer, keep_cache=not faithful)
-        probe = out.probe.view(n_features, width, d_model)
-        logits = out.logits.view(n_features, width, -1)
+        out, probe, logits, position = self._metric_pass(state, vectors, faithful)
+        probe = probe.view(n_features, width, d_model)
+        logits = logits.view(n_features, width, -1)
         selfsim = self_similarity(probe, state.probe_zero, directions)  # (features, width)
         ent = entropy(logits) - entropy(state.logits_zero)  # (features, width)
         xent = cross_entropy(logits, state.baseline_logits[index])  # (features, width)
@@ -209,7 +208,8 @@ class SelfExplainer:
                     for j in chosen_index[f] for k in range(samples)]
             cache_rows = [f * width + j for f in range(n_features) for j in chosen_index[f]
                           for _ in range(samples)]
-            texts = self._sample_cached(kind, out, cache_rows, features, rows)
+            texts = self._sample_cached(kind, out, position[torch.tensor(cache_rows)], features,
+                                        rows)
             row_grid = torch.tensor([int(index[f, j]) for f in range(n_features)
                                      for j in chosen_index[f] for _ in range(samples)])
         clock = self._tick("generation", clock)
@@ -255,6 +255,26 @@ class SelfExplainer:
         self._tick("selection", clock)
         return result
 
+    def _metric_pass(self, state: _PromptState, vectors: Tensor, faithful: bool):
+        """The prompt pass of every (feature x scale) row: (pass, probe (rows, d_model), logits
+        (rows, vocab), position (rows,)). Rows at scale 0 inject nothing, so the prompt's own
+        scale-0 pass stands in for them (a ninth of the default grid) whenever no sample is drawn
+        from their cache: in faithful mode (fresh passes) or when scales under `min_scale` are
+        never sampled. `pass` holds only the rows that ran; `position` maps a row to its row in
+        `pass` (-1: skipped)."""
+        zero = vectors.abs().amax(dim=-1) == 0  # (rows,)
+        skip = zero if (faithful or self.min_scale > 0) else torch.zeros_like(zero)
+        ran = (~skip).nonzero().squeeze(-1)  # (ran,)
+        out = prompt_pass(self.lm, state.prompt, state.prefix, vectors[ran], self.injection_layer,
+                          self.probe_layer, keep_cache=not faithful)
+        probe = state.probe_zero.expand(len(vectors), -1).clone()
+        probe[ran] = out.probe
+        logits = state.logits_zero.expand(len(vectors), -1).clone()
+        logits[ran] = out.logits
+        position = torch.full((len(vectors),), -1, dtype=torch.long)
+        position[ran] = torch.arange(len(ran))
+        return out, probe, logits, position
+
     def _budget(self, kind: str) -> int:
         """New tokens per sample of this prompt."""
         if kind == REPEAT and self.config.repeat_max_new_tokens is not None:
@@ -278,10 +298,11 @@ class SelfExplainer:
         return [row_seed(self.config.seed, kind, features[f], round(scale, 4), k)
                 for f, scale, k in rows]
 
-    def _sample_cached(self, kind: str, out, cache_rows: list[int], features: list[int],
+    def _sample_cached(self, kind: str, out, select: Tensor, features: list[int],
                        rows: list[tuple[int, float, int]]) -> list[str]:
-        """Sample from the metric pass's own cache: no second prompt pass."""
-        select = torch.tensor(cache_rows)
+        """Sample from the metric pass's own cache (`select`: its rows, one per sample): no second
+        prompt pass."""
+        assert bool((select >= 0).all()), "a sampled row was skipped in the metric pass"
         out.cache.batch_select_indices(select.to(self.lm.device))
         return sample_continuations(
             self.lm, out.logits[select], out.cache, self._seeds(kind, features, rows),

@@ -142,3 +142,14 @@ def test_gpu_batch_fits_memory(tiny_lm):
     assert fit_batch_rows(tiny_lm, 100, 10 * per_row) == 10
     assert fit_batch_rows(tiny_lm, 100, per_row // 2) == 1
     assert fit_batch_rows(tiny_lm, 200, 10 * per_row) < 10
+
+
+def test_scale_zero_rows_skip_the_pass_unless_sampled(tiny_lm):
+    directions = torch.randn(2, tiny_lm.d_model)
+    skipped = explain_directions(tiny_lm, directions, _config())  # min_scale 0.4: never sampled
+    for r in skipped:  # the prompt's own scale-0 pass stands in: relative metrics exactly 0
+        assert r.sweeps[0].scales[0] == 0 and r.sweeps[0].selfsim[0] == 0.0
+        assert r.sweeps[0].entropy[0] == 0.0
+    # scale 0 eligible and among the sampled scales: its row runs and its cache is sampled from
+    sampled = explain_directions(tiny_lm, directions, _config(min_scale=0.0, top_scales=4))
+    assert any(c.scale == 0.0 for r in sampled for c in r.candidates)
