@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from selfexplain.allocator import keep_buffers_in_heap
 from selfexplain.attention import use_grouped_attention
 from selfexplain.errors import InputError, ModelLoadError
 
@@ -245,6 +246,8 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     instead of a minute) and give the same weights and tokenizer.
     """
     device = resolve_device(device)
+    if device.type == "cpu":
+        keep_buffers_in_heap()  # the engine's per-step buffers: see selfexplain.allocator
     lm = _load_model(spec, dtype, device, cache_dir)
     if device.type == "cpu" and dtype == torch.bfloat16:
         # CPU bfloat16 SDPA is slow on decode steps (448 rows x 60 keys: 29 ms vs 6 ms for the

@@ -153,3 +153,11 @@ def test_scale_zero_rows_skip_the_pass_unless_sampled(tiny_lm):
     # scale 0 eligible and among the sampled scales: its row runs and its cache is sampled from
     sampled = explain_directions(tiny_lm, directions, _config(min_scale=0.0, top_scales=4))
     assert any(c.scale == 0.0 for r in sampled for c in r.candidates)
+
+
+def test_allocator_tuning_applies_on_glibc_only():
+    import platform
+
+    from selfexplain.allocator import keep_buffers_in_heap
+
+    assert keep_buffers_in_heap() is (platform.libc_ver()[0] == "glibc")

@@ -250,7 +250,7 @@ def test_tasks_write_folder_and_statistics(tmp_path):
     """The Prefect tasks' logic (`.fn`): corpus reuse, training, statistics, warehouse rows."""
     from prefect.logging import disable_run_logger
 
-    from selfexplain.saes import DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE
+    from selfexplain.saes import DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE, folder_sae_id
     from selfexplain.stats import load_feature_stats
     from tasks.train import (
         TrainSaeRequest,
@@ -269,7 +269,8 @@ def test_tasks_write_folder_and_statistics(tmp_path):
     request = TrainSaeRequest(model=str(model_dir), corpus_dir=corpus, out_dir=out,
                               train=tiny_config(layer=1), stats_tokens=150)
     assert request.names() == ("local:sae", "sae")
-    assert TrainSaeRequest().names() == (DEFAULT_SAE_RELEASE, DEFAULT_SAE_DIR.name)
+    # the shipped default names its version in cfg.json (metadata.selfexplain_sae_id)
+    assert TrainSaeRequest().names() == (DEFAULT_SAE_RELEASE, folder_sae_id(DEFAULT_SAE_DIR))
     with pytest.raises(InputError, match="invalid train"):
         TrainSaeRequest.build(train={"k": 0})
     with disable_run_logger():
