@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import build_tiny_model
+from tests.conftest import build_tiny_model
 from selfexplain.attention import NAME, use_grouped_attention
 
 

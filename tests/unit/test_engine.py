@@ -98,7 +98,7 @@ def test_directions_of_wrong_width_are_refused(tiny_lm):
 
 
 def test_bfloat16_engine_and_precision_check():
-    from conftest import build_tiny_model
+    from tests.conftest import build_tiny_model
     from selfexplain.attention import use_grouped_attention
 
     lm = build_tiny_model("llama", seed=5)
