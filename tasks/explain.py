@@ -11,7 +11,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from selfexplain.config import ExplainConfig
+from selfexplain.config import ExplainConfig, torch_dtype
 from selfexplain.models import LoadedModel, load_model
 from selfexplain.warehouse import feature_rows, frame, utc_now
 from tasks.request import RelabelRequest, SaeInfo, shard_key
@@ -37,9 +37,7 @@ class ShardRows:
 @lru_cache(maxsize=1)
 def cached_model(spec: str, precision: str = "float32", device: str = "cpu") -> LoadedModel:
     """One model load per process, reused by every shard this process runs."""
-    import torch
-
-    return load_model(spec, dtype=getattr(torch, precision), device=device)
+    return load_model(spec, dtype=torch_dtype(precision), device=device)
 
 
 def request_model(request: RelabelRequest) -> LoadedModel:

@@ -21,6 +21,14 @@ ScaleUnit = Literal["absolute", "relative"]
 Selection = Literal["composite", "selfsim", "entropy", "consensus", "roundtrip"]
 Metric = Literal["entropy", "crossent"]
 FailureMetric = Literal["selfsim", "roundtrip"]
+Precision = Literal["float32", "bfloat16"]
+
+
+def torch_dtype(precision: str) -> "torch.dtype":
+    """The torch dtype of a precision name (`float32`, `bfloat16`)."""
+    import torch
+
+    return getattr(torch, precision)
 
 
 def _check_grid(grid: tuple[float, ...], name: str) -> tuple[float, ...]:
@@ -112,7 +120,7 @@ class ExplainConfig(BaseModel):
     placeholder: str = "X"
     recover_token: bool = True
     """Also run the repeat prompt to recover the literal token."""
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Precision = "float32"
     """The model's weights and activations: the engine checks that the loaded model matches.
     bfloat16 is 4x float32's matmul throughput on this CPU (AVX512-BF16) and what the product's
     CLI and flows use (`--precision`); float32 stays the library default, for exact tests."""
@@ -163,9 +171,7 @@ class ExplainConfig(BaseModel):
 
     @property
     def torch_dtype(self) -> "torch.dtype":
-        import torch
-
-        return getattr(torch, self.precision)
+        return torch_dtype(self.precision)
 
     def null_hash(self) -> str:
         """Hash of the settings a failure-threshold null depends on: everything but the threshold

@@ -8,7 +8,6 @@ import os
 import sys
 import time
 
-
 from selfexplain.commands.explain import add_runtime_arguments
 
 
@@ -109,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     from selfexplain.evaluation.report import pivot_text, write_report
     from selfexplain.evaluation.suite import eval_result_rows, run_evaluation
+    from selfexplain.config import torch_dtype
     from selfexplain.models import load_model
 
     if args.threads:
@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"loading SAE {request.sae}")
         sae, stats = load_sae_and_stats(request.sae)
     log(f"loading model {request.model}")
-    lm = load_model(request.model, dtype=getattr(torch, request.precision),
-                    device=device)
+    lm = load_model(request.model, dtype=torch_dtype(request.precision), device=device)
     output = run_evaluation(lm, request, sae=sae, stats=stats, log=log,
                             runs_dir=f"{args.out}/runs" if args.out else None)
     references = None

@@ -51,6 +51,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Where and in what precision the model runs (explain, relabel, scale-out, evaluate)."""
+    # config.Precision's values, spelled out: parsing stays free of pydantic's import
     parser.add_argument("--precision", choices=["bfloat16", "float32"], default="bfloat16",
                         help="model weights and activations (default bfloat16: 4x the matmul "
                         "throughput of float32 on CPUs with AVX512-BF16, and the GPU default)")
