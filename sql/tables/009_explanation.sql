@@ -14,5 +14,6 @@ CREATE TABLE IF NOT EXISTS explanation (
     rank        INTEGER NOT NULL,          -- 0 = best among this prompt's candidates
     chosen      BOOLEAN NOT NULL,          -- among the top_n shown as the label
     extra_json  VARCHAR,                   -- strategy-specific scores, e.g. {"agreement": 0.4}
+    peak_token  VARCHAR,                   -- the answer's token where the round trip peaks
     PRIMARY KEY (release, sae_id, feature, run_id, candidate)
 );

@@ -13,6 +13,7 @@ SELECT
     e.composite,
     e.score,
     e.extra_json,
+    e.peak_token,
     e.run_id,
     TRY_CAST(json_extract_string(e.extra_json, '$.roundtrip') AS DOUBLE) AS roundtrip,
     TRY_CAST(json_extract_string(e.extra_json, '$.agreement') AS DOUBLE) AS agreement

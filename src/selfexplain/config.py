@@ -22,6 +22,7 @@ Selection = Literal["composite", "selfsim", "entropy", "consensus", "roundtrip"]
 Metric = Literal["entropy", "crossent"]
 FailureMetric = Literal["selfsim", "roundtrip"]
 Precision = Literal["float32", "bfloat16"]
+TokenRecovery = Literal["answer", "peak"]
 
 
 def torch_dtype(precision: str) -> "torch.dtype":
@@ -120,6 +121,12 @@ class ExplainConfig(BaseModel):
     placeholder: str = "X"
     recover_token: bool = True
     """Also run the repeat prompt to recover the literal token."""
+    token_recovery: TokenRecovery = "answer"
+    """How the literal token is read off the samples. `answer`: the post's, the repeat prompt's
+    best-ranked answer (the most frequent one unless `selection` is `composite`). `peak`: the
+    token, over every answer of both prompts, where the round trip peaks (of `to order` the
+    ` order`): single-token recovery on 100 DEV features 48% -> 78% with typical inputs, 14% ->
+    38% on decoder rows (scripts/recovery_study.py)."""
     precision: Precision = "float32"
     """The model's weights and activations: the engine checks that the loaded model matches.
     bfloat16 is 4x float32's matmul throughput on this CPU (AVX512-BF16) and what the product's
@@ -179,7 +186,7 @@ class ExplainConfig(BaseModel):
         keys `layer_threshold` rows, so `relabel --layer-threshold` finds what `evaluate` drew."""
         return self._dump_hash(exclude={"preset", "failure_threshold", "batch_rows", "top_n",
                                         "selection", "consensus_weight", "roundtrip_weight",
-                                        "direction"})
+                                        "direction", "token_recovery"})
 
     def settings_hash(self) -> str:
         """Stable short hash of every setting except the seed's presentation; used in cache keys."""
@@ -197,6 +204,8 @@ class ExplainConfig(BaseModel):
             exclude.add("precision")
         if self.repeat_max_new_tokens is None:
             exclude.add("repeat_max_new_tokens")
+        if self.token_recovery == "answer":
+            exclude.add("token_recovery")
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 def check_layers(injection_layer: int, probe_layer: int | None, n_layers: int) -> None:
@@ -228,7 +237,7 @@ PRESETS: dict[str, dict[str, object]] = {
         failure_metric="selfsim",
         failure_threshold=0.01,
     ),
-    "default": dict(direction="auto", repeat_max_new_tokens=8),
+    "default": dict(direction="auto", repeat_max_new_tokens=8, token_recovery="peak"),
 }
 
 

@@ -9,14 +9,14 @@ scale-0 and mean-embedding baselines, the absolute scale grid) and explains dire
    scales (default), in batches, with the prompt's KV cache;
 3. selection: read every candidate back through the model (round trip, cheap: the first blocks
    only), rank candidates with the configured strategy, keep the top n;
-4. flags: failure (max self-similarity under the threshold), recovered token (repeat prompt) and its
-   reliability.
+4. flags: failure (max self-similarity or best round trip under the threshold), recovered token
+   (the repeat prompt's answer, or the token where the round trip peaks) and its reliability.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from dataclasses import dataclass
 
@@ -214,7 +214,8 @@ class SelfExplainer:
                                      for j in chosen_index[f] for _ in range(samples)])
         clock = self._tick("generation", clock)
         # every candidate's round trip is stored (extra["roundtrip"]), whatever ranks it
-        roundtrip = self.roundtrip.scores(texts, directions[[f for f, _, _ in rows]])
+        peaks = self.roundtrip.peaks(texts, directions[[f for f, _, _ in rows]])
+        roundtrip = [peak.score for peak in peaks]
         result = _PromptResult(sweeps=[], candidates=[], plan=[])
         strategy = STRATEGIES[config.selection]
         if config.selection == "consensus":
@@ -246,6 +247,7 @@ class SelfExplainer:
                     extra={"selfsim": float(selfsim[f, local[i]]),
                            "entropy": float(ent[f, local[i]]), "roundtrip": roundtrip[r],
                            **ranked.extra[i]},
+                    peak_token=peaks[r].token,
                 )
                 for i, r in enumerate(own)
             ])
@@ -342,13 +344,24 @@ class SelfExplainer:
             failed = max_roundtrip < config.failure_threshold
             reason = (f"no explanation reads back as the direction: best round trip "
                       f"{max_roundtrip:.3f} < threshold {config.failure_threshold:g}")
-        recovered = recover_token(repeat, majority=config.selection != "composite")
+        if not config.recover_token:
+            recovered, reliable = None, False
+        elif config.token_recovery == "peak":
+            best = peak_token(candidates)
+            recovered = best.peak_token if best else None
+            reliable = best is not None and (
+                best.extra["roundtrip"] >= config.failure_threshold
+                if config.failure_metric == "roundtrip"
+                else max_repeat is not None and max_repeat >= config.failure_threshold)
+        else:
+            recovered = recover_token(repeat, majority=config.selection != "composite")
+            reliable = _reliable(recovered, repeat, max_repeat, config)
         return FeatureExplanation(
             feature=feature,
             name=name,
             explanations=[c for c in meaning if c.chosen][: config.top_n],
             recovered_token=recovered,
-            recovered_reliable=_reliable(recovered, repeat, max_repeat, config),
+            recovered_reliable=reliable,
             failed=failed,
             failure_reason=reason if failed else None,
             max_selfsim=max_selfsim,
@@ -402,6 +415,15 @@ def recover_token(repeat: list[Candidate], *, majority: bool) -> str | None:
     for answer in answers:
         counts[answer] = counts.get(answer, 0) + 1
     return max(answers, key=lambda a: (counts[a], -answers.index(a)))
+
+
+def peak_token(candidates: Sequence[Candidate]) -> Candidate | None:
+    """The answer (of either prompt) whose round trip is highest: its `peak_token` is the literal
+    token the `peak` rule recovers. A copied token often comes wrapped (`to order`, `S-O-M-O-`,
+    `10/19/20`) and the meaning prompt often names it; the round trip finds the part that reads
+    back as the direction. None when every answer is empty."""
+    answered = [c for c in candidates if c.peak_token is not None and "roundtrip" in c.extra]
+    return max(answered, key=lambda c: c.extra["roundtrip"], default=None)
 
 
 def _with_seconds(item: FeatureExplanation, seconds: float) -> FeatureExplanation:

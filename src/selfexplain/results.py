@@ -27,6 +27,9 @@ class Candidate:
     """Among the top_n shown as the label."""
     extra: dict[str, float] = field(default_factory=dict)
     """Strategy-specific scores (e.g. `agreement`), so users can see why a label won."""
+    peak_token: str | None = None
+    """The token of `text` whose residual reads back closest to the direction (where the round
+    trip peaks); None for an empty answer."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ direction we injected at the same layer. The score of a text is the largest cosi
 tokens, between (residual entering the injection layer - the mean residual of ordinary text) and
 the unit direction. Only the first `layer` blocks run (the forward stops at the hook), so scoring
 all candidates of a feature costs a few percent of one sampling step.
+
+The token where that cosine peaks is the answer's part that reads back as the direction: of
+`to order` it is ` order`, of `10/19/20` the `/`. The default preset recovers the literal token
+from it (`explain.peak_token`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import torch
 from torch import Tensor
 
 from selfexplain.forward import residual_entering
+from typing import NamedTuple
+
 from selfexplain.models import LoadedModel
 
 CONTEXT = 'It means "'
@@ -21,7 +27,20 @@ CONTEXT = 'It means "'
 sink, whose residual is huge and shared by every text)."""
 
 
-@torch.inference_mode()
+class Peak(NamedTuple):
+    """A text's round-trip score and the token (decoded) where it is reached; None if empty."""
+
+    score: float
+    token: str | None
+
+
+def _encode(lm: LoadedModel, texts: list[str], context: str) -> tuple[list[int], list[list[int]]]:
+    """Token ids of `context`, and of `context` + each text (the text tokenised on its own)."""
+    tokenizer = lm.tokenizer
+    prefix = tokenizer(context, add_special_tokens=False).input_ids
+    return prefix, [prefix + tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+
+
 def token_residuals(lm: LoadedModel, texts: list[str], layer: int, context: str = CONTEXT,
                     batch: int = 64) -> list[Tensor]:
     """Residual entering block `layer` at every token of each text after `context`.
@@ -29,12 +48,17 @@ def token_residuals(lm: LoadedModel, texts: list[str], layer: int, context: str 
     Returns one (tokens_i, d_model) float32 tensor per text; an empty text gives (0, d_model).
     Texts are right-padded in batches; the causal mask keeps padding from touching real tokens.
     """
+    return _residuals(lm, *_encode(lm, texts, context), layer, batch)
+
+
+@torch.inference_mode()
+def _residuals(lm: LoadedModel, prefix: list[int], encoded: list[list[int]], layer: int,
+               batch: int = 64) -> list[Tensor]:
+    """`token_residuals` of texts already encoded by `_encode`."""
     tokenizer = lm.tokenizer
-    prefix = tokenizer(context, add_special_tokens=False).input_ids
-    encoded = [prefix + tokenizer(text, add_special_tokens=False).input_ids for text in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list[Tensor] = [torch.zeros(0, lm.d_model) for _ in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together
+    out: list[Tensor] = [torch.zeros(0, lm.d_model) for _ in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
     for start in range(0, len(order), batch):
         rows = [i for i in order[start : start + batch] if len(encoded[i]) > len(prefix)]
         if not rows:
@@ -65,13 +89,20 @@ class RoundTrip:
 
         directions: (n_texts, d_model) unit vectors, the direction each text is scored against.
         """
-        residuals = token_residuals(self.lm, texts, self.layer, self.context)
-        out: list[float] = []
-        for tokens, direction in zip(residuals, directions):
+        return [peak.score for peak in self.peaks(texts, directions)]
+
+    def peaks(self, texts: list[str], directions: Tensor) -> list[Peak]:
+        """Per text, its score (as `scores`) and the token where the cosine peaks."""
+        prefix, encoded = _encode(self.lm, texts, self.context)
+        residuals = _residuals(self.lm, prefix, encoded, self.layer)
+        out: list[Peak] = []
+        for ids, tokens, direction in zip(encoded, residuals, directions):
             if tokens.shape[0] == 0:
-                out.append(0.0)
+                out.append(Peak(0.0, None))
                 continue
             centred = tokens - self.mean  # (tokens, d_model)
             cosine = centred @ direction.float() / centred.norm(dim=-1).clamp_min(1e-12)
-            out.append(float(cosine.max()))
+            best = int(cosine.argmax())
+            out.append(Peak(float(cosine[best]),
+                            self.lm.tokenizer.decode([ids[len(prefix) + best]])))
         return out

@@ -441,7 +441,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
         "candidate": pl.Int32, "prompt": pl.String, "text": pl.String, "scale": pl.Float64,
         "sample": pl.Int32, "composite": pl.Float64, "score": pl.Float64, "rank": pl.Int32,
-        "chosen": pl.Boolean, "extra_json": pl.String,
+        "chosen": pl.Boolean, "extra_json": pl.String, "peak_token": pl.String,
     },
     "scale_metric": {
         "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
@@ -534,6 +534,7 @@ def feature_rows(results: Sequence[FeatureExplanation], skipped: Sequence[Skippe
                 scale=c.scale, sample=c.sample, composite=c.composite, score=c.score,
                 rank=c.rank, chosen=c.chosen,
                 extra_json=json.dumps(c.extra, sort_keys=True) if c.extra else None,
+                peak_token=c.peak_token,
             ))
         for sweep in fe.sweeps:
             for j, scale in enumerate(sweep.scales):

@@ -21,7 +21,7 @@ def make_feature(feature: int, *, failed: bool = False, label: str = "a word") -
     """A plausible FeatureExplanation with two meaning and one repeat candidate."""
     meaning = [
         Candidate("meaning", f"{label} {feature}", 20.0, 0, 0.9, 0.95, 0, True,
-                  {"agreement": 0.5, "roundtrip": 0.75}),
+                  {"agreement": 0.5, "roundtrip": 0.75}, peak_token=" word"),
         Candidate("meaning", f"something else {feature}", 10.0, 0, 0.4, 0.35, 1, False, {}),
     ]
     repeat = [Candidate("repeat", f"tok{feature}", 30.0, 0, 0.7, 0.7, 0, True, {})]

@@ -114,3 +114,24 @@ def test_a_warehouse_from_before_the_round_trip_is_upgraded_in_place(tmp_path, m
         assert after.drop("max_roundtrip").equals(before)
         assert after["max_roundtrip"].null_count() == after.height
         assert "max_roundtrip" in wh.query("SELECT * FROM v_feature_labels LIMIT 0").columns
+
+
+def test_a_warehouse_from_before_the_peak_token_is_upgraded_in_place(tmp_path, make_results):
+    """Migration 004 (explanation.peak_token): stored candidates keep every value, NULL peak."""
+    from tests.sql.test_upserts import sample_rows
+
+    db = tmp_path / "old.duckdb"
+    rows = sample_rows(make_results)
+    with Warehouse(db) as wh:
+        wh.write({k: rows[k] for k in ("run", "label", "label_current", "explanation")})
+        wh.con.execute("DROP VIEW v_explanations")
+        wh.con.execute("ALTER TABLE explanation DROP COLUMN peak_token")
+        wh.con.execute("DELETE FROM schema_version WHERE version > 3")
+        before = wh.query("SELECT * FROM explanation ORDER BY feature, candidate")
+    with Warehouse(db) as wh:
+        assert (4, "explanation_peak_token") in wh.query(
+            "SELECT version, name FROM schema_version").rows()
+        after = wh.query("SELECT * FROM explanation ORDER BY feature, candidate")
+        assert after.drop("peak_token").equals(before) and before.height > 0
+        assert after["peak_token"].null_count() == after.height
+        assert "peak_token" in wh.query("SELECT * FROM v_explanations LIMIT 0").columns

@@ -57,9 +57,9 @@ def test_failures_sweep_and_explanations(wh, make_feature, make_results):
     chosen = wh.query("SELECT text FROM v_explanations WHERE feature = 0 AND chosen "
                       "AND prompt = 'meaning'")
     assert chosen["text"].to_list() == ["a word 0"]
-    scores = wh.query("SELECT rank, roundtrip, agreement FROM v_explanations WHERE feature = 0 "
-                      "AND prompt = 'meaning' ORDER BY rank")
-    assert scores.rows() == [(0, 0.75, 0.5), (1, None, None)]  # absent scores are NULL
+    scores = wh.query("SELECT rank, roundtrip, agreement, peak_token FROM v_explanations "
+                      "WHERE feature = 0 AND prompt = 'meaning' ORDER BY rank")
+    assert scores.rows() == [(0, 0.75, 0.5, " word"), (1, None, None, None)]  # absent: NULL
     assert wh.query("SELECT max_roundtrip FROM v_failures WHERE feature = 2").item() == 0.75
 
 

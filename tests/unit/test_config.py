@@ -61,3 +61,17 @@ def test_feature_lists(text, expected):
 def test_bad_feature_lists(text, message):
     with pytest.raises(InputError, match=message):
         parse_features(text)
+
+
+def test_token_recovery_keys_runs_but_not_nulls_and_answer_keeps_old_hashes():
+    peak = ExplainConfig.from_preset("default")
+    answer = ExplainConfig.from_preset("default", token_recovery="answer")
+    assert peak.token_recovery == "peak" and ExplainConfig.from_preset(
+        "faithful").token_recovery == "answer"
+    assert peak.settings_hash() != answer.settings_hash()
+    assert peak.null_hash() == answer.null_hash()  # the null reads meaning answers only
+    # runs stored before the field existed: their settings dumped without it hash the same
+    import hashlib
+
+    before = answer.model_dump_json(exclude={"token_recovery", "precision"})
+    assert answer.settings_hash() == hashlib.sha256(before.encode()).hexdigest()[:16]

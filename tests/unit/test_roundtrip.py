@@ -86,3 +86,41 @@ def test_failure_flag_reads_the_best_round_trip(tiny_lm):
     assert ExplainConfig.from_preset("faithful").failure_metric == "selfsim"
     for r in run(failure_metric="selfsim", failure_threshold=10.0):
         assert r.failed and "self-similarity" in r.failure_reason
+
+
+def test_the_peak_is_the_token_that_reads_back_as_the_direction(tiny_lm):
+    trip = RoundTrip(tiny_lm, 2, list(NORM_TEXTS), context="x: ")
+    text = "to order"
+    residuals = token_residuals(tiny_lm, [text], 2, context="x: ")[0]
+    ids = tiny_lm.tokenizer(text, add_special_tokens=False).input_ids
+    assert len(ids) >= 2
+    for position in range(len(ids)):  # aim at each token in turn: the peak follows it
+        own = residuals[position] - trip.mean
+        peak = trip.peaks([text, ""], (own / own.norm()).expand(2, -1))
+        assert peak[0].token == tiny_lm.tokenizer.decode([ids[position]])
+        assert peak[0].score == pytest.approx(1.0, abs=1e-4)
+        assert peak[1] == (0.0, None)
+
+
+def test_peak_recovery_returns_the_peak_of_the_best_reading_answer(tiny_lm):
+    from selfexplain.explain import peak_token
+
+    directions = torch.randn(3, tiny_lm.d_model)
+    config = ExplainConfig.from_preset("default", max_new_tokens=4, samples_per_scale=2,
+                                       batch_rows=64)
+    assert config.token_recovery == "peak"
+    for r in explain_directions(tiny_lm, directions, config):
+        answered = [c for c in r.candidates if c.text]
+        assert all(c.peak_token is not None for c in answered)
+        best = max(answered, key=lambda c: c.extra["roundtrip"])  # either prompt
+        assert peak_token(r.candidates) == best and r.recovered_token == best.peak_token
+        assert best.peak_token in tiny_lm.tokenizer.decode(
+            tiny_lm.tokenizer(best.text, add_special_tokens=False).input_ids)
+        assert r.recovered_reliable == (best.extra["roundtrip"] >= config.failure_threshold)
+    # the post's rule reads the repeat prompt's answer itself
+    answer = explain_directions(tiny_lm, directions,
+                                config.model_copy(update={"token_recovery": "answer"}))
+    for r in answer:
+        repeat = [c.text for c in r.candidates if c.prompt == "repeat" and c.text]
+        assert r.recovered_token is None or r.recovered_token in repeat
+    assert peak_token([]) is None

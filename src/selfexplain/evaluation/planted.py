@@ -148,13 +148,15 @@ def rerank(fe: FeatureExplanation, strategy: str | Callable, *, min_scale: float
 def score_strategies(results: Sequence[FeatureExplanation], concepts: Sequence[Concept],
                      strategies: dict[str, str | Callable] | Sequence[str], *, min_scale: float,
                      entropy_metric: str = "entropy", alpha: float | None = None,
-                     prefix: str = "", top_n: int = 3) -> pl.DataFrame:
+                     prefix: str = "", top_n: int = 3,
+                     token_recovery: str = "answer") -> pl.DataFrame:
     """Score several selection strategies on the same sampled candidates (no re-sampling).
 
     `strategies` is a list of names in STRATEGIES or {method name: name or callable}. The method
-    column is `prefix + name`. The repeat prompt is re-ranked by the same strategy and its token
-    recovered as the engine does (`explain.recover_token`: top answer for `composite`, else the
-    majority answer).
+    column is `prefix + name`. With `token_recovery` "answer" the repeat prompt is re-ranked by
+    the same strategy and its token recovered as the engine does (`explain.recover_token`: top
+    answer for `composite`, else the majority answer); "peak" does not depend on the ranking, so
+    the engine's own recovered token stands.
     """
     named = strategies if isinstance(strategies, dict) else {s: s for s in strategies}
     frames = []
@@ -164,6 +166,9 @@ def score_strategies(results: Sequence[FeatureExplanation], concepts: Sequence[C
         recovered = []
         majority = strategy != "composite"  # as the engine: the post's top answer, else majority
         for fe in results:
+            if token_recovery == "peak":
+                recovered.append(fe.recovered_token)
+                continue
             repeat = rerank(fe, strategy, prompt=REPEAT, **kw)
             recovered.append(recover_token(repeat, majority=majority))
         frames.append(score_labels(
@@ -203,6 +208,7 @@ class PlantedRun:
             self.results, self.concepts, strategies, min_scale=self.min_scale,
             entropy_metric=self.config.entropy_metric, alpha=alpha,
             prefix=f"{self.config.preset}:" if prefix is None else prefix, top_n=self.config.top_n,
+            token_recovery=self.config.token_recovery,
         )
 
 

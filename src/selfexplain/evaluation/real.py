@@ -186,15 +186,18 @@ def selfexplain_inputs(results: Sequence[FeatureExplanation]) -> dict[str, list]
 
 
 def reranked_inputs(results: Sequence[FeatureExplanation], strategy: str, *, min_scale: float,
-                    entropy_metric: str = "entropy", top_n: int = 3) -> dict[str, list]:
-    """`score_real` keyword arguments when the same samples are ranked by another strategy."""
+                    entropy_metric: str = "entropy", top_n: int = 3,
+                    token_recovery: str = "answer") -> dict[str, list]:
+    """`score_real` keyword arguments when the same samples are ranked by another strategy (the
+    `peak` token does not depend on the ranking: the engine's recovered token stands)."""
     from selfexplain.evaluation.planted import rerank
     from selfexplain.explain import recover_token
     from selfexplain.prompts import REPEAT
 
     kw = dict(min_scale=min_scale, entropy_metric=entropy_metric)
     tops = [[c.text for c in rerank(fe, strategy, **kw) if c.text][:top_n] for fe in results]
-    recovered = [recover_token(rerank(fe, strategy, prompt=REPEAT, **kw),
+    recovered = [fe.recovered_token if token_recovery == "peak" else
+                 recover_token(rerank(fe, strategy, prompt=REPEAT, **kw),
                                majority=strategy != "composite") for fe in results]
     return dict(features=[fe.feature for fe in results],
                 labels=[t[0] if t else None for t in tops], recovered=recovered, top_labels=tops,

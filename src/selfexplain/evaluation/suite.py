@@ -393,7 +393,8 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
                 f"{method}:{strategy}", stats=stats, embedder=embedder, seed=request.seed,
                 **real.reranked_inputs(results, strategy, min_scale=min_scale,
                                        entropy_metric=config.entropy_metric,
-                                       top_n=config.top_n)))
+                                       top_n=config.top_n,
+                                       token_recovery=config.token_recovery)))
         out.settings[method] = config.settings_hash()
         _timed(out, f"real/{method}", began)
         verdict = rows.with_columns((pl.col("sim_own") > pl.col("sim_other")).alias("embed_win"))
