@@ -97,6 +97,10 @@ class ExplainConfig(BaseModel):
     """Weight of the round-trip cosine against the consensus score in `roundtrip`."""
     top_n: int = Field(3, ge=1)
     max_new_tokens: int = Field(40, ge=1, le=512)
+    """Token budget of each answer (the post: about 40). The default preset takes 24: answers end
+    at their closing quote (median 2 tokens, 95% within 11 on DEV features), and the last few
+    run-ons kept small batches decoding for 16 more steps, a tenth of the time; on DEV, 200 real
+    features and 100 planted words scored the same at 24 and 40 (26 of 200 run-on labels shorter)."""
     repeat_max_new_tokens: int | None = Field(None, ge=1, le=512)
     """Token budget of the repeat prompt's answers; None = `max_new_tokens`. A copied token needs
     a few: past them a sample is a run-on that never names one token, and those last rows kept
@@ -237,7 +241,8 @@ PRESETS: dict[str, dict[str, object]] = {
         failure_metric="selfsim",
         failure_threshold=0.01,
     ),
-    "default": dict(direction="auto", repeat_max_new_tokens=8, token_recovery="peak"),
+    "default": dict(direction="auto", max_new_tokens=24, repeat_max_new_tokens=8,
+                    token_recovery="peak"),
 }
 
 

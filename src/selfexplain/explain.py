@@ -327,6 +327,20 @@ class SelfExplainer:
             ))
         return texts
 
+    def _recover(self, candidates: list[Candidate], repeat: list[Candidate],
+                 ) -> tuple[str | None, float]:
+        """The literal token by the configured rule, and the round trip of the answer it came
+        from (-inf when none)."""
+        config = self.config
+        if not config.recover_token:
+            return None, -float("inf")
+        if config.token_recovery == "peak":
+            best = peak_token(candidates)
+            return (best.peak_token, best.extra["roundtrip"]) if best else (None, -float("inf"))
+        recovered = recover_token(repeat, majority=config.selection != "composite")
+        return recovered, max((c.extra["roundtrip"] for c in repeat if c.text == recovered),
+                              default=-float("inf"))
+
     def _assemble(self, feature: int, name: str, sweeps: list[Sweep],
                   candidates: list[Candidate]) -> FeatureExplanation:
         config = self.config
@@ -344,18 +358,12 @@ class SelfExplainer:
             failed = max_roundtrip < config.failure_threshold
             reason = (f"no explanation reads back as the direction: best round trip "
                       f"{max_roundtrip:.3f} < threshold {config.failure_threshold:g}")
-        if not config.recover_token:
-            recovered, reliable = None, False
-        elif config.token_recovery == "peak":
-            best = peak_token(candidates)
-            recovered = best.peak_token if best else None
-            reliable = best is not None and (
-                best.extra["roundtrip"] >= config.failure_threshold
-                if config.failure_metric == "roundtrip"
-                else max_repeat is not None and max_repeat >= config.failure_threshold)
-        else:
-            recovered = recover_token(repeat, majority=config.selection != "composite")
-            reliable = _reliable(recovered, repeat, max_repeat, config)
+        recovered, readback = self._recover(candidates, repeat)
+        if config.failure_metric == "selfsim":  # the post: the repeat prompt's own curve
+            reliable = recovered is not None and max_repeat is not None and (
+                max_repeat >= config.failure_threshold)
+        else:  # the round trip of the recovered answer itself
+            reliable = recovered is not None and readback >= config.failure_threshold
         return FeatureExplanation(
             feature=feature,
             name=name,
@@ -370,18 +378,6 @@ class SelfExplainer:
             sweeps=sweeps,
             max_roundtrip=max_roundtrip,
         )
-
-
-def _reliable(recovered: str | None, repeat: list[Candidate], max_repeat: float | None,
-              config: ExplainConfig) -> bool:
-    """Whether the recovered token passes the failure test: the repeat prompt's max
-    self-similarity (post), or the round trip of the recovered answer itself."""
-    if recovered is None:
-        return False
-    if config.failure_metric == "selfsim":
-        return max_repeat is not None and max_repeat >= config.failure_threshold
-    best = max(c.extra["roundtrip"] for c in repeat if c.text == recovered)
-    return best >= config.failure_threshold
 
 
 def _distinct_top(ranking: list[int], texts: list[str], top_n: int) -> set[int]:
