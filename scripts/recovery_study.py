@@ -23,7 +23,7 @@ from selfexplain.evaluation.matching import same_token
 from selfexplain.evaluation.real import feature_stats_for
 from selfexplain.evaluation.stats import wilson
 from selfexplain.evaluation.suite import sample_features
-from selfexplain.explain import explain_sae_features, peak_token, recover_token
+from selfexplain.explain import best_reading_answer, explain_sae_features, recover_token
 from selfexplain.models import load_model
 from selfexplain.prompts import REPEAT
 from selfexplain.saes import load_sae
@@ -31,7 +31,7 @@ from selfexplain.saes import load_sae
 
 def rules(fe) -> dict[str, str | None]:
     repeat = sorted((c for c in fe.candidates if c.prompt == REPEAT), key=lambda c: c.rank)
-    best_repeat, best = peak_token(repeat), peak_token(fe.candidates)
+    best_repeat, best = best_reading_answer(repeat), best_reading_answer(fe.candidates)
     return {"answer": recover_token(repeat, majority=True),
             "peak (repeat)": best_repeat.peak_token if best_repeat else None,
             "peak": best.peak_token if best else None}

@@ -335,7 +335,7 @@ class SelfExplainer:
         if not config.recover_token:
             return None, -float("inf")
         if config.token_recovery == "peak":
-            best = peak_token(candidates)
+            best = best_reading_answer(candidates)
             return (best.peak_token, best.extra["roundtrip"]) if best else (None, -float("inf"))
         recovered = recover_token(repeat, majority=config.selection != "composite")
         return recovered, max((c.extra["roundtrip"] for c in repeat if c.text == recovered),
@@ -413,7 +413,7 @@ def recover_token(repeat: list[Candidate], *, majority: bool) -> str | None:
     return max(answers, key=lambda a: (counts[a], -answers.index(a)))
 
 
-def peak_token(candidates: Sequence[Candidate]) -> Candidate | None:
+def best_reading_answer(candidates: Sequence[Candidate]) -> Candidate | None:
     """The answer (of either prompt) whose round trip is highest: its `peak_token` is the literal
     token the `peak` rule recovers. A copied token often comes wrapped (`to order`, `S-O-M-O-`,
     `10/19/20`) and the meaning prompt often names it; the round trip finds the part that reads

@@ -9,7 +9,7 @@ all candidates of a feature costs a few percent of one sampling step.
 
 The token where that cosine peaks is the answer's part that reads back as the direction: of
 `to order` it is ` order`, of `10/19/20` the `/`. The default preset recovers the literal token
-from it (`explain.peak_token`).
+from it (`explain.best_reading_answer`).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def test_the_peak_is_the_token_that_reads_back_as_the_direction(tiny_lm):
 
 
 def test_peak_recovery_returns_the_peak_of_the_best_reading_answer(tiny_lm):
-    from selfexplain.explain import peak_token
+    from selfexplain.explain import best_reading_answer
 
     directions = torch.randn(3, tiny_lm.d_model)
     config = ExplainConfig.from_preset("default", max_new_tokens=4, samples_per_scale=2,
@@ -113,7 +113,7 @@ def test_peak_recovery_returns_the_peak_of_the_best_reading_answer(tiny_lm):
         answered = [c for c in r.candidates if c.text]
         assert all(c.peak_token is not None for c in answered)
         best = max(answered, key=lambda c: c.extra["roundtrip"])  # either prompt
-        assert peak_token(r.candidates) == best and r.recovered_token == best.peak_token
+        assert best_reading_answer(r.candidates) == best and r.recovered_token == best.peak_token
         assert best.peak_token in tiny_lm.tokenizer.decode(
             tiny_lm.tokenizer(best.text, add_special_tokens=False).input_ids)
         assert r.recovered_reliable == (best.extra["roundtrip"] >= config.failure_threshold)
@@ -123,4 +123,4 @@ def test_peak_recovery_returns_the_peak_of_the_best_reading_answer(tiny_lm):
     for r in answer:
         repeat = [c.text for c in r.candidates if c.prompt == "repeat" and c.text]
         assert r.recovered_token is None or r.recovered_token in repeat
-    assert peak_token([]) is None
+    assert best_reading_answer([]) is None
