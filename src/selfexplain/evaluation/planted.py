@@ -145,6 +145,17 @@ def rerank(fe: FeatureExplanation, strategy: str | Callable, *, min_scale: float
     return [candidates[i] for i in order(keyed)]
 
 
+def reranked_token(fe: FeatureExplanation, strategy: str | Callable, token_recovery: str,
+                   **rerank_kw: object) -> str | None:
+    """The token the engine would recover had it ranked by `strategy`: with `answer`, the
+    re-ranked repeat prompt's top answer for `composite`, else its majority answer; the `peak`
+    token does not depend on the ranking, so the engine's own stands."""
+    if token_recovery == "peak":
+        return fe.recovered_token
+    return recover_token(rerank(fe, strategy, prompt=REPEAT, **rerank_kw),  # type: ignore[arg-type]
+                         majority=strategy != "composite")
+
+
 def score_strategies(results: Sequence[FeatureExplanation], concepts: Sequence[Concept],
                      strategies: dict[str, str | Callable] | Sequence[str], *, min_scale: float,
                      entropy_metric: str = "entropy", alpha: float | None = None,
@@ -153,24 +164,15 @@ def score_strategies(results: Sequence[FeatureExplanation], concepts: Sequence[C
     """Score several selection strategies on the same sampled candidates (no re-sampling).
 
     `strategies` is a list of names in STRATEGIES or {method name: name or callable}. The method
-    column is `prefix + name`. With `token_recovery` "answer" the repeat prompt is re-ranked by
-    the same strategy and its token recovered as the engine does (`explain.recover_token`: top
-    answer for `composite`, else the majority answer); "peak" does not depend on the ranking, so
-    the engine's own recovered token stands.
+    column is `prefix + name`. Tokens are recovered as the engine would under each strategy
+    (`reranked_token`).
     """
     named = strategies if isinstance(strategies, dict) else {s: s for s in strategies}
     frames = []
     for name, strategy in named.items():
         kw = dict(min_scale=min_scale, entropy_metric=entropy_metric, alpha=alpha)
         labels = [[c.text for c in rerank(fe, strategy, **kw)] for fe in results]
-        recovered = []
-        majority = strategy != "composite"  # as the engine: the post's top answer, else majority
-        for fe in results:
-            if token_recovery == "peak":
-                recovered.append(fe.recovered_token)
-                continue
-            repeat = rerank(fe, strategy, prompt=REPEAT, **kw)
-            recovered.append(recover_token(repeat, majority=majority))
+        recovered = [reranked_token(fe, strategy, token_recovery, **kw) for fe in results]
         frames.append(score_labels(
             labels, concepts, method=prefix + name,
             samples=[[c.text for c in fe.candidates if c.prompt == MEANING] for fe in results],

@@ -190,15 +190,11 @@ def reranked_inputs(results: Sequence[FeatureExplanation], strategy: str, *, min
                     token_recovery: str = "answer") -> dict[str, list]:
     """`score_real` keyword arguments when the same samples are ranked by another strategy (the
     `peak` token does not depend on the ranking: the engine's recovered token stands)."""
-    from selfexplain.evaluation.planted import rerank
-    from selfexplain.explain import recover_token
-    from selfexplain.prompts import REPEAT
+    from selfexplain.evaluation.planted import rerank, reranked_token
 
     kw = dict(min_scale=min_scale, entropy_metric=entropy_metric)
     tops = [[c.text for c in rerank(fe, strategy, **kw) if c.text][:top_n] for fe in results]
-    recovered = [fe.recovered_token if token_recovery == "peak" else
-                 recover_token(rerank(fe, strategy, prompt=REPEAT, **kw),
-                               majority=strategy != "composite") for fe in results]
+    recovered = [reranked_token(fe, strategy, token_recovery, **kw) for fe in results]
     return dict(features=[fe.feature for fe in results],
                 labels=[t[0] if t else None for t in tops], recovered=recovered, top_labels=tops,
                 failed=[fe.failed for fe in results],
