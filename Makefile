@@ -48,7 +48,8 @@ browse: install
 test-fast: install chromium
 	$(PY) -m pytest -q -m "not slow"
 
-# The naive side's cost per feature is constant, so it runs on the first 8 of the 64 features.
+# The naive side's cost per feature is constant, so it runs on 8 features; both sides spread theirs
+# evenly over the SAE (bench.run.spread_features: the naive side's 8 are among ours).
 BENCH_ARGS ?= --features 64 --naive-features 8 --words 12
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -14,12 +14,12 @@ from it (`explain.best_reading_answer`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from selfexplain.forward import residual_entering
-from typing import NamedTuple
-
 from selfexplain.models import LoadedModel
 
 CONTEXT = 'It means "'
