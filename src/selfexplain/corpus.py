@@ -155,17 +155,10 @@ def token_chunks(folder: Path, tokenizer, *, context: int, train_windows: int,
     """
     if context < 2:
         raise InputError(f"context length {context} is too short: use at least 2 tokens")
-    files = corpus_files(folder)
-    rng = random.Random(seed)
     separator = tokenizer.encode("\n\n", add_special_tokens=False)
     train_streams: dict[str, Iterator[list[int]]] = {}
     heldout_streams: dict[str, Iterator[list[int]]] = {}
-    for path in files:
-        docs = read_documents(path)
-        rng.shuffle(docs)
-        name = str(path.relative_to(Path(folder).expanduser()))
-        held = [d for i, d in enumerate(docs) if i % heldout_every == heldout_every - 1]
-        kept = [d for i, d in enumerate(docs) if i % heldout_every != heldout_every - 1]
+    for name, (kept, held) in split_folder(folder, seed=seed, heldout_every=heldout_every).items():
         train_streams[name] = _windows(kept, tokenizer, context, separator)
         heldout_streams[name] = _windows(held, tokenizer, context, separator)
     counts = {name: {"train": 0, "heldout": 0} for name in train_streams}
@@ -177,6 +170,25 @@ def token_chunks(folder: Path, tokenizer, *, context: int, train_windows: int,
         )
     as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long).reshape(len(rows), context)  # noqa: E731
     return CorpusSplit(as_tensor(train), as_tensor(heldout), counts)
+
+
+def split_folder(folder: Path, *, seed: int = 0, heldout_every: int = 10,
+                 ) -> dict[str, tuple[list[str], list[str]]]:
+    """Per file of a corpus folder: (training documents, held-out documents), in stream order.
+
+    The documents of each file are shuffled with one seeded generator shared across the files in
+    sorted order, and every `heldout_every`-th is held out: the split `train-sae` trained on, so
+    a collect with the SAE's seed holds out exactly the documents the SAE never saw."""
+    rng = random.Random(seed)
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for path in corpus_files(folder):
+        docs = read_documents(path)
+        rng.shuffle(docs)
+        name = str(path.relative_to(Path(folder).expanduser()))
+        held = [d for i, d in enumerate(docs) if i % heldout_every == heldout_every - 1]
+        kept = [d for i, d in enumerate(docs) if i % heldout_every != heldout_every - 1]
+        out[name] = (kept, held)
+    return out
 
 
 def _round_robin(streams: dict[str, Iterator[list[int]]], limit: int,

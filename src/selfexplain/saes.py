@@ -10,7 +10,7 @@ import difflib
 import importlib.util
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,8 +39,23 @@ class SaeDirections:
     model_id: str | None
     """The model the SAE was trained on, if its config says."""
     inputs: Tensor | None = None
-    """(d_sae, d_model) each latent's typical input (`stats.typical_inputs`), when the folder
-    ships `typical_inputs.safetensors`; explained with `ExplainConfig.direction = "input"`."""
+    """(d_sae, d_model) each latent's typical input (`stats.typical_inputs`), when statistics
+    exist for this SAE (shipped beside it or computed by `selfexplain collect`, see
+    `statstore`); explained with `ExplainConfig.direction = "input"`."""
+    stats_dir: str | None = None
+    """Where this SAE's statistics were found (None: none yet; `selfexplain collect` makes them)."""
+
+    def injected(self, source: str = "auto") -> str:
+        """What `unit_directions(source)` injects, as a settings-hash key: `decoder`, or `input:`
+        and a digest of the typical inputs (new statistics are new settings: relabelled)."""
+        if source == "decoder" or (source == "auto" and self.inputs is None):
+            return "decoder"
+        if self.inputs is None:
+            return "input:none"
+        import hashlib
+
+        digest = hashlib.sha256(self.inputs.half().contiguous().numpy().tobytes()).hexdigest()
+        return f"input:{digest[:12]}"
 
     @property
     def d_sae(self) -> int:
@@ -76,9 +91,8 @@ class SaeDirections:
             source = "decoder" if self.inputs is None else "input"
         if source == "input" and self.inputs is None:
             raise InputError(
-                f"SAE {self.release}/{self.sae_id} ships no typical inputs "
-                f"({TYPICAL_INPUTS_FILE}): use --direction decoder, or compute them with "
-                "`selfexplain train-sae` statistics"
+                f"SAE {self.release}/{self.sae_id} has no typical inputs yet: compute them with "
+                "`selfexplain collect --sae ...`, or use --direction decoder"
             )
         matrix = self.inputs if source == "input" else self.decoder
         what = "typical input" if source == "input" else "decoder row"
@@ -200,8 +214,18 @@ def peek_width(spec: str) -> int | None:
     return None
 
 
-def load_sae(spec: str) -> SaeDirections:
-    """`default`, a sae-lens folder, a `.safetensors` file with `W_dec`, or `RELEASE/SAE_ID`."""
+def load_sae(spec: str, *, statistics: bool = True) -> SaeDirections:
+    """`default`, a sae-lens folder, a `.safetensors` file with `W_dec`, or `RELEASE/SAE_ID`;
+    with its typical inputs attached when statistics exist for it (`statstore.find_stats`)."""
+    loaded = _load_decoder(spec)
+    if not statistics:
+        return loaded
+    from selfexplain.statstore import attach_statistics
+
+    return attach_statistics(loaded, sae_folder(spec))
+
+
+def _load_decoder(spec: str) -> SaeDirections:
     if spec == DEFAULT_SAE:
         if not (DEFAULT_SAE_DIR / "cfg.json").is_file():
             raise SaeLoadError(f"the embedded default SAE is missing from {DEFAULT_SAE_DIR}")
@@ -285,10 +309,10 @@ def load_sae_folder(path: Path, release: str | None = None) -> SaeDirections:
             "weights are corrupt, truncated or do not match: copy or export the SAE again"
         ) from None
     loaded = _from_sae_lens(sae, release or f"local:{path.name}", folder_sae_id(path, cfg))
-    return _checked(replace(loaded, inputs=_typical_inputs(path, loaded.decoder.shape)), path)
+    return _checked(loaded, path)
 
 
-def _typical_inputs(folder: Path, shape: torch.Size) -> Tensor | None:
+def read_typical_inputs(folder: Path, shape: torch.Size) -> Tensor | None:
     """The folder's typical inputs, if it ships them with the decoder's shape."""
     from safetensors.torch import load_file
 

@@ -135,7 +135,7 @@ class _StopForward(Exception):
 @torch.inference_mode()
 def collect_activations(lm: LoadedModel, windows: Tensor, layers: list[int], *,
                         batch: int = 16, desc: str = "collect",
-                        dtype: str = "float32") -> dict[int, Tensor]:
+                        dtype: str = "float32", progress: bool = True) -> dict[int, Tensor]:
     """Residuals entering each block in `layers` for every window, position 0 dropped.
 
     `dtype` "bfloat16" runs the model under CPU autocast (faster, slightly less exact).
@@ -164,7 +164,8 @@ def collect_activations(lm: LoadedModel, windows: Tensor, layers: list[int], *,
                for layer in layers]
     device = lm.device
     try:
-        for start in tqdm(range(0, n, batch), desc=desc, unit="batch", leave=False):
+        for start in tqdm(range(0, n, batch), desc=desc, unit="batch", leave=False,
+                          disable=not progress):
             ids = windows[start:start + batch].to(device)
             autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                         if dtype == "bfloat16" else nullcontext())
