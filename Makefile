@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test test-fast bench bench-gpu bench-errors bench-browse bench-carryover scale-out gemma ui browse chromium corpus train-default-sae clean
+.PHONY: install run test test-fast bench bench-gpu bench-errors bench-browse bench-carryover bench-collect collect scale-out gemma ui browse chromium corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,16 @@ bench: install
 bench-gpu: install
 	$(PY) -m bench.run --device cuda --out bench/results-gpu.json $(BENCH_ARGS)
 
+# collect on a bare copy of the default SAE: 1M tokens and a quarter of it, tokens/s and peak
+# memory (bench/collect.json).
+bench-collect: install
+	$(PY) -m bench.collect
+
+# Statistics, typical inputs and held-out examples for any SAE (SAE=default|RELEASE/ID|DIR|FILE).
+SAE ?= default
+collect: install
+	$(VENV)/bin/selfexplain collect --sae $(SAE)
+
 # The feature browser's table page on a 100k-feature warehouse (bench/browse.json).
 bench-browse: install
 	$(PY) -m bench.browse
@@ -80,9 +90,9 @@ gemma: install
 # Label FEATURES with WORKERS Prefect workers on this machine: a server, a process work pool, the
 # workers, the scale-out flow (child runs write Parquet, one writer merges), then all stopped.
 WORKERS ?= 2
-FEATURES ?= 0-127
+SCALE_OUT_FEATURES ?= 0-127
 scale-out: install
-	$(VENV)/bin/selfexplain scale-out --workers $(WORKERS) --features $(FEATURES)
+	$(VENV)/bin/selfexplain scale-out --workers $(WORKERS) --features $(if $(filter command line,$(origin FEATURES)),$(FEATURES),$(SCALE_OUT_FEATURES)) --warehouse $(WAREHOUSE)
 
 ui: install
 	bash scripts/ui.sh

@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from flows.relabel import relabel
+from flows.relabel import relabel, with_statistics
 from selfexplain.runlock import writer_lock
 from selfexplain.saes import check_features
 from tasks.artifacts import artifact_key, start_progress, update_progress
@@ -57,7 +57,7 @@ def scale_out(request: RelabelRequest, out_dir: str, launcher: str = "deployment
     Parquet is written atomically, so nothing is lost or doubled. A shard that *fails* (bad input)
     fails the scale-out at once with its reason. `subflow`: the same runs in this process.
     """
-    sae = load_sae_info(request.sae)
+    sae = with_statistics(request, load_sae_info(request.sae))  # once, before the shards
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
     groups = split_shards(features, request.shard_size * shards_per_run)

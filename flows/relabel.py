@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from selfexplain.errors import SelfExplainError
 from selfexplain.runlock import writer_lock
 from selfexplain.saes import check_features
 from selfexplain.warehouse import frame, utc_now
@@ -28,7 +29,8 @@ from tasks.carryover import (
 from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
 from tasks.explain import ShardRows, explain_shard, prepare_engine_task, resolve_layer_threshold
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
-from tasks.sae import load_sae_info, sae_feature_stats
+from tasks.sae import collect_stats, load_sae_info, sae_feature_stats
+from tasks.score import score_labels
 from tasks.store import (
     heartbeat,
     mark_interrupted,
@@ -80,18 +82,42 @@ def relabel(request: RelabelRequest) -> dict[str, object]:
         return _relabel(request)
 
 
+def with_statistics(request: RelabelRequest, sae: SaeInfo) -> SaeInfo:
+    """The SAE with typical inputs: collected first (a task) when the preset injects them and
+    none exist yet, unless `request.collect` is off. Injecting decoder rows instead is said in
+    one line, never silently."""
+    if request.config().direction == "decoder" or sae.typical_inputs is not None:
+        return sae
+    reason = "--no-collect"
+    if request.collect:
+        print(f"no statistics for {sae.release}/{sae.sae_id} yet: collecting them over corpus "
+              f"{request.corpus!r} first ({request.collect_tokens:,} tokens; `selfexplain "
+              "collect` does the same alone)")
+        try:
+            collect_stats(request.sae, request.model, request.corpus, request.collect_tokens,
+                          request.device)
+            sae = load_sae_info(request.sae)
+        except SelfExplainError as err:  # e.g. a bare W_dec file: no encoder to collect with
+            reason = f"collect failed: {err}"
+    if sae.typical_inputs is None:
+        print(f"injecting decoder rows for {sae.release}/{sae.sae_id} ({reason}): it has no "
+              "typical inputs, so expect weaker labels (on the default SAE, token recovery "
+              "about half) and no fires_on")
+    return sae
+
+
 def _relabel(request: RelabelRequest) -> dict[str, object]:
     log = get_run_logger()
     run_id = flow_run.id or str(uuid.uuid4())
     started_at, began = utc_now(), time.perf_counter()
-    sae = load_sae_info(request.sae)
+    sae = with_statistics(request, load_sae_info(request.sae))
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
     if request.layer_threshold:
         request = resolve_layer_threshold(request, sae)
         print(f"failure threshold {request.config().failure_threshold:g} "
               f"({request.config().failure_metric}): the null drawn for this model and layer")
-    request_hash = request.request_hash(sae.release, sae.sae_id)
+    request_hash = request.request_hash(sae.release, sae.sae_id, request.injected(sae))
     parquet = request.out_dir is not None
 
     def record(frames: dict[str, pl.DataFrame], name: str) -> None:
@@ -139,13 +165,14 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
         record(run_row(status="running", n_shards=len(shards), n_shards_skipped=n_shards_skipped),
                f"run-{run_id}")
         stats = sae_feature_stats(request.sae, sae.release, sae.sae_id, todo)
-        if stats is not None:  # shipped with the SAE: lets v_feature_labels flag single tokens
+        if stats is not None:  # shipped or collected: fires_on and single-token flags
             record({"feature_stats": stats}, f"stats-{run_id}")
 
     progress = start_progress(artifact_key("relabel", sae.release, sae.sae_id), len(shards))
     totals = dict(n_labelled=0, n_failed=0, n_skipped=0)
     model_ids: dict[str, str] = {}
     collected: list[ShardRows] = []
+    labelled: list[tuple[int, str | None]] = []
     finished = 0
     try:
         for part in shards:  # one after another: a process holds one model; scale out for more
@@ -157,6 +184,8 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
             model_ids = {"model_id": rows.model_id, "model_revision": rows.model_revision}
             if parquet:
                 collected.append(rows)
+            fresh = rows.frames["label"].filter(~pl.col("skipped"))
+            labelled.extend(zip(fresh["feature"].to_list(), fresh["label"].to_list()))
             update_progress(progress, finished, len(shards))
             print(f"shard {finished}/{len(shards)} (features {rows.features[0]}-"
                   f"{rows.features[-1]}): {rows.n_labelled} labelled, {rows.n_failed} failed, "
@@ -170,6 +199,16 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
             log.warning(f"could not record the failure of run {run_id}: {inner}")
         raise
 
+    mean_auroc = None
+    if labelled and request.score:  # held-out detection scores of the new labels
+        try:
+            scores = score_labels(request.sae, sae.release, sae.sae_id, run_id,
+                                  [f for f, _ in labelled], [t for _, t in labelled])
+            if scores is not None:
+                record({"label_score": scores}, f"scores-{run_id}")
+                mean_auroc = scores["detection_auroc"].mean()
+        except Exception as err:  # the labels are stored: a scoring failure must not lose them
+            log.warning(f"held-out scoring failed, labels left unscored: {err}")
     seconds = time.perf_counter() - began
     if shards:  # a run with nothing to do leaves no rows behind
         record(run_row(status="completed", finished_at=utc_now(), n_shards=len(shards),
@@ -179,7 +218,7 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
         run_id=run_id, release=sae.release, sae_id=sae.sae_id, model=request.model,
         preset=request.preset, request_hash=request_hash, n_features=len(features),
         n_shards=len(shards), n_shards_skipped=n_shards_skipped, **totals, **model_ids,
-        seconds=round(seconds, 1),
+        seconds=round(seconds, 1), detection_auroc=mean_auroc,
     )
     if carried is not None:
         summary["carry_over"] = carried.model_dump()

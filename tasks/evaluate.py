@@ -23,7 +23,7 @@ def load_sae_and_stats(spec: str):
     from selfexplain.evaluation.real import feature_stats_for
     from tasks.sae import cached_sae
 
-    return cached_sae(spec), feature_stats_for(spec)
+    return cached_sae(spec), feature_stats_for(spec, cached_sae(spec))
 
 
 @task(name="evaluate-suite", cache_policy=NO_CACHE, persist_result=False)

@@ -64,6 +64,17 @@ class RelabelRequest(BaseModel):
     labels them too, after every unmatched one."""
     match_threshold: float = Field(DEFAULT_MATCH_THRESHOLD, gt=0.0, le=1.0)
     """Decoder cosine at or above which a mutual nearest neighbour counts as the same feature."""
+    collect: bool = True
+    """When the SAE has no statistics yet and the preset injects typical inputs, compute them
+    first (the `collect` task, over `corpus`); False injects decoder rows, said in one line.
+    Not in the request hash: what is injected is (`injected`)."""
+    corpus: str = "default"
+    """The text `collect` reads: `default`, a folder, a Parquet/JSONL file or hf:NAME."""
+    collect_tokens: int = Field(1_000_000, ge=1)
+    """Training-document activations `collect` reads."""
+    score: bool = True
+    """Score each new label on held-out text (`label_score`, v_feature_labels.detection_auroc)
+    when the SAE's statistics hold held-out examples. Not in the request hash."""
 
     @model_validator(mode="after")
     def _valid(self) -> "RelabelRequest":
@@ -112,10 +123,21 @@ class RelabelRequest(BaseModel):
     def feature_list(self, d_sae: int) -> list[int]:
         return list(range(d_sae)) if self.all_features else parse_features(self.features)
 
-    def request_hash(self, release: str, sae_id: str) -> str:
-        """Same model + SAE + settings = same hash: shards stored under it are not recomputed."""
+    def injected(self, sae: "SaeInfo") -> str:
+        """What the engine injects for this SAE under this request (`SaeDirections.injected`)."""
+        direction = self.config().direction
+        if direction == "decoder" or (direction == "auto" and sae.typical_inputs is None):
+            return "decoder"
+        return sae.typical_inputs or "input:none"
+
+    def request_hash(self, release: str, sae_id: str, injected: str = "decoder") -> str:
+        """Same model + SAE + settings + injected directions = same hash: shards stored under
+        it are not recomputed. Typical inputs collected later change `injected`, so the features
+        are labelled again instead of skipped as stored."""
         key = {"model": self.model, "release": release, "sae_id": sae_id,
                "settings": self.config().settings_hash()}
+        if injected != "decoder":  # runs on decoder rows keep the hash they had before
+            key["injected"] = injected
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -134,6 +156,10 @@ class SaeInfo(BaseModel):
     resid_layer: int | None = None
     model_id: str | None = None
     path: str | None = None
+    typical_inputs: str | None = None
+    """`input:<digest>` of the typical inputs when statistics exist for this SAE, else None."""
+    stats_dir: str | None = None
+    """Where its statistics were found (`statstore.find_stats`)."""
 
 
 def shard_key(features: list[int]) -> str:

@@ -21,6 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_HOME", __import__("tempfile").mkdtemp(prefix="selfexplain-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Statistics that tests collect go to a temporary cache, never the user's.
+os.environ["SELFEXPLAIN_STATS"] = __import__("tempfile").mkdtemp(prefix="selfexplain-stats-")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # Tiny models are fastest on one thread (OpenMP start-up and contention dominate); the slow tests
 # on the real model raise it for themselves.

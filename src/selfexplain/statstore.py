@@ -69,7 +69,8 @@ class StatsLocation:
 
 def find_stats(sae: SaeDirections, folder: Path | None = None) -> StatsLocation | None:
     """Where this SAE's statistics are (see the module docstring), or None."""
-    if folder is not None and (Path(folder) / STATS_FILE).is_file():
+    if folder is not None and any((Path(folder) / name).is_file()
+                                  for name in (STATS_FILE, TYPICAL_INPUTS_FILE)):
         manifest = _read_manifest(Path(folder))
         return StatsLocation(Path(folder), "shipped", manifest)
     root = stats_root() / sae_key(sae.decoder, sae.hook_name)
@@ -109,7 +110,9 @@ def load_stats_frame(sae: SaeDirections, folder: Path | None = None) -> pl.DataF
     if where is None:
         location = find_stats(sae, folder)
         where = None if location is None else location.folder
-    return None if where is None else load_feature_stats(where)
+    if where is None or not (where / STATS_FILE).is_file():
+        return None
+    return load_feature_stats(where)
 
 
 def require_stats_frame(sae: SaeDirections, folder: Path | None = None) -> pl.DataFrame:

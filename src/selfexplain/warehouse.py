@@ -427,6 +427,12 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "carried_from_release": pl.String, "carried_from_sae_id": pl.String,
         "carried_from_feature": pl.Int32, "carried_cosine": pl.Float64,
     },
+    "label_score": {
+        "release": pl.String, "sae_id": pl.String, "feature": pl.Int32, "run_id": pl.String,
+        "scorer": pl.String, "label": pl.String, "detection_auroc": pl.Float64,
+        "detection_auroc_hard": pl.Float64, "n_activating": pl.Int32, "n_random": pl.Int32,
+        "n_hard": pl.Int32, "stats_dir": pl.String, "scored_at": TS,
+    },
     "feature_match": {
         "release": pl.String, "sae_id": pl.String, "feature": pl.Int32,
         "source_release": pl.String, "source_sae_id": pl.String, "rank": pl.Int32,

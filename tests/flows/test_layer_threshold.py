@@ -15,7 +15,7 @@ from tasks.request import RelabelRequest
 
 
 def _request(tiny_model_dir, tiny_sae_dir, warehouse, fast, **fields):
-    return RelabelRequest(model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-5",
+    return RelabelRequest(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-5",
                           shard_size=3, scales="0:2:4", samples=2, overrides=fast,
                           warehouse=str(warehouse), **fields)
 

@@ -9,7 +9,7 @@ from tasks.request import RelabelRequest
 
 def test_two_parquet_shard_runs_then_merge(tmp_path, tiny_model_dir, tiny_sae_dir, fast):
     warehouse, out_dir = tmp_path / "w.duckdb", tmp_path / "shards"
-    request = RelabelRequest(model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-5",
+    request = RelabelRequest(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-5",
                              shard_size=3, scales="0:2:4", samples=1, overrides=fast,
                              warehouse=str(warehouse))
     summary = scale_out(request, str(out_dir), launcher="subflow")

@@ -26,7 +26,7 @@ def counts(path) -> dict[str, int]:
 def test_relabel_resumes_fills_tables_and_reruns_idempotently(tmp_path, tiny_model_dir,
                                                               tiny_sae_dir, fast, monkeypatch):
     warehouse = tmp_path / "w.duckdb"
-    request = RelabelRequest(model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-9",
+    request = RelabelRequest(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-9",
                              shard_size=4, scales="0:2:4", samples=1, overrides=fast,
                              warehouse=str(warehouse))
     real = tasks.explain.explain_features

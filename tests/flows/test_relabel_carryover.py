@@ -43,7 +43,7 @@ def test_carry_over_matches_carries_skips_and_reruns_idempotently(
         tmp_path, tiny_model_dir, tiny_lm, fast, monkeypatch, capsys):
     v1, v2, truth = two_versions(tmp_path, tiny_lm.d_model)
     warehouse = str(tmp_path / "w.duckdb")
-    common = dict(model=tiny_model_dir, features="0-15", shard_size=8, scales="0:2:3",
+    common = dict(collect=False, model=tiny_model_dir, features="0-15", shard_size=8, scales="0:2:3",
                   samples=1, overrides=fast, warehouse=warehouse)
     relabel(RelabelRequest(sae=str(v1), **common))
 

@@ -53,7 +53,7 @@ def test_two_workers_one_killed_mid_shard_merge_equals_single_process(
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    common = dict(model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-15", shard_size=4,
+    common = dict(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-15", shard_size=4,
                   scales="0:2:3", samples=1, overrides=fast)
     single = str(tmp_path / "single.duckdb")
     relabel(RelabelRequest(warehouse=single, **common))

@@ -42,7 +42,7 @@ def write_raw_sae(path: Path, decoder: torch.Tensor) -> Path:
 def relabel_args(model: str, sae: str, warehouse: Path | str, features: str = "0-11",
                  shard_size: int = 3, *extra: str) -> list[str]:
     return ["relabel", "--model", model, "--sae", sae, "--features", features, "--shard-size",
-            str(shard_size), "--warehouse", str(warehouse), *ENGINE, *extra]
+            str(shard_size), "--warehouse", str(warehouse), "--no-collect", *ENGINE, *extra]
 
 
 def contents(path: Path | str, tables=tuple(VOLATILE)) -> dict[str, pl.DataFrame]:

@@ -67,6 +67,10 @@ def sample_rows(make_results) -> dict[str, pl.DataFrame]:
     rows["feature_match"] = frame("feature_match", [dict(
         release="r", sae_id="s2", feature=0, source_release="r", source_sae_id="s", rank=1,
         source_feature=3, cosine=0.97, mutual=True, matched=True, threshold=0.9, matched_at=T0)])
+    rows["label_score"] = frame("label_score", [dict(
+        release="r", sae_id="s", feature=0, run_id="run-1", scorer="embedding", label="cat",
+        detection_auroc=0.91, detection_auroc_hard=0.74, n_activating=64, n_random=64, n_hard=60,
+        stats_dir="/stats", scored_at=T0)])
     return rows
 
 

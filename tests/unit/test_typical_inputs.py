@@ -58,12 +58,12 @@ def test_input_direction_is_explained_and_zero_rows_skipped(tmp_path, tiny_lm):
 
 def test_sae_without_inputs_is_refused_before_the_model(tmp_path, capsys):
     folder = write_sae_folder(tmp_path / "sae", 32, 6)
-    with pytest.raises(InputError, match="ships no typical inputs"):
+    with pytest.raises(InputError, match="no typical inputs yet: compute them with `selfexplain collect"):
         load_sae(str(folder)).unit_directions([0], "input")
     code = main(["explain", "--model", str(tmp_path / "no-model"), "--sae", str(folder),
                  "--features", "0", "--direction", "input"])
     assert code == 2  # the SAE is checked first: the missing model is never reached
-    assert "ships no typical inputs" in capsys.readouterr().err
+    assert "selfexplain collect --sae" in capsys.readouterr().err
 
 
 def test_inputs_of_another_sae_are_refused(tmp_path):

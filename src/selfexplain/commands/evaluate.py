@@ -172,12 +172,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_sae_and_stats(spec: str):
-    """The SAE and its feature statistics (`feature_stats.parquet` in its folder)."""
+    """The SAE and its feature statistics (shipped or collected: `statstore`)."""
     from selfexplain.evaluation.real import feature_stats_for
     from selfexplain.saes import load_sae
 
-    stats = feature_stats_for(spec)  # fails fast, before the SAE load
-    return load_sae(spec), stats
+    sae = load_sae(spec)
+    return sae, feature_stats_for(spec, sae)
 
 
 def judge_cache(warehouse: str | None, out_dir: str | None):

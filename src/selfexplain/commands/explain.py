@@ -104,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
         sae = load_sae(args.sae)
         check_features(features, sae.d_sae)
         sae.unit_directions(features[:1], config.direction)  # an SAE without typical inputs
+        if config.direction == "auto" and sae.inputs is None:
+            print(f"note: {args.sae} has no statistics yet, so decoder rows are injected (weaker "
+                  f"labels); `selfexplain collect --sae {args.sae}` computes its typical inputs",
+                  file=sys.stderr)
     elif args.vector:
         from selfexplain.vectors import load_vectors
 

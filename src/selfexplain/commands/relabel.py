@@ -44,6 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="decoder cosine of a match (default 0.7)")
     parser.add_argument("--out-dir", help="scale-out: write Parquet shards here instead of the "
                         "warehouse; `selfexplain import --shards DIR` merges them")
+    parser.add_argument("--no-collect", action="store_true",
+                        help="an SAE without statistics: inject decoder rows instead of running "
+                        "`collect` first (said in one line; weaker labels, no fires_on)")
+    parser.add_argument("--corpus", default=None,
+                        help="the text `collect` reads when statistics are missing (default: the "
+                        "embedded corpus)")
+    parser.add_argument("--no-score", action="store_true",
+                        help="skip the held-out detection scores of the new labels")
+    parser.add_argument("--collect-tokens", type=int, default=None,
+                        help="training-document tokens collect reads (default 1000000)")
     add_config_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -61,6 +71,9 @@ def build_request(args: argparse.Namespace):
         carry_over=args.carry_over or None, matched=args.matched,
         match_threshold=args.match_threshold,
         out_dir=str(Path(args.out_dir).resolve()) if args.out_dir else None,
+        collect=False if getattr(args, "no_collect", False) else None,
+        score=False if getattr(args, "no_score", False) else None,
+        corpus=getattr(args, "corpus", None), collect_tokens=getattr(args, "collect_tokens", None),
     )
 
 
@@ -97,7 +110,8 @@ def preflight(request) -> None:
     stored: set[int] = set()
     if warehouse is not None and warehouse.exists():  # busy, foreign or damaged: say so now
         stored.update(stored_features.fn(str(warehouse),
-                                         request.request_hash(sae.release, sae.sae_id)))
+                                         request.request_hash(sae.release, sae.sae_id,
+                                                              request.injected(sae))))
     if set(features) - stored:
         prepare_engine(request)
     if warehouse is not None and not warehouse.exists():
@@ -155,6 +169,7 @@ def _preview(warehouse: str, summary: dict) -> None:
             "SELECT feature, left(regexp_replace(label, '\\s+', ' ', 'g'), 60) AS label, "
             "left(regexp_replace(recovered_token, '\\s+', ' ', 'g'), 24) AS recovered_token, "
             "round(scale, 1) AS scale, round(max_roundtrip, 3) AS round_trip, failed, "
+            "round(detection_auroc, 2) AS detect, round(detection_auroc_hard, 2) AS detect_hard, "
             "left(array_to_string(list_transform(top_tokens[1:4], lambda t: trim(t)), ' | '), 40) "
             "AS fires_on FROM v_feature_labels "
             "WHERE release = ? AND sae_id = ? ORDER BY feature",
@@ -168,3 +183,8 @@ def _preview(warehouse: str, summary: dict) -> None:
         print(labels)
     for feature, reason in skipped.iter_rows():
         print(f"skipped feature {feature}: {reason}")
+    scored = labels.filter(pl.col("detect").is_not_null())
+    if scored.height:
+        print(f"held-out detection AUROC (MiniLM, label vs contexts it fires on): mean "
+              f"{scored['detect'].mean():.2f} against random text, "
+              f"{scored['detect_hard'].mean():.2f} against its nearest latents' text (0.5 = chance)")

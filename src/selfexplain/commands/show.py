@@ -23,19 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def sae_folder(spec: str) -> tuple[Path, str, str]:
-    """(folder, release, sae_id) named as `selfexplain.saes.load_sae` names them."""
-    from selfexplain.errors import InputError
-    from selfexplain.saes import DEFAULT_SAE, DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE, folder_sae_id
+def sae_stats(spec: str):
+    """(statistics frame, release, sae_id) of any SAE spec, named as `load_sae` names it."""
+    from selfexplain.saes import load_sae, sae_folder
+    from selfexplain.statstore import require_stats_frame
 
-    if spec == DEFAULT_SAE:
-        return DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE, folder_sae_id(DEFAULT_SAE_DIR)
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise InputError(
-            f"--sae {spec!r}: statistics exist for `default` and for local SAE folders only"
-        )
-    return path, f"local:{path.name}", folder_sae_id(path)
+    sae = load_sae(spec)
+    return require_stats_frame(sae, sae_folder(spec)), sae.release, sae.sae_id
 
 
 def latest_label(warehouse: str, release: str, sae_id: str, feature: int) -> dict | None:
@@ -57,10 +51,8 @@ def latest_label(warehouse: str, release: str, sae_id: str, feature: int) -> dic
 
 def run(args: argparse.Namespace) -> int:
     from selfexplain.errors import InputError
-    from selfexplain.stats import load_feature_stats
 
-    folder, release, sae_id = sae_folder(args.sae)
-    frame = load_feature_stats(folder)
+    frame, release, sae_id = sae_stats(args.sae)
     if not 0 <= args.feature < frame.height:
         raise InputError(
             f"feature {args.feature} is out of range: this SAE has features 0..{frame.height - 1}"

@@ -52,16 +52,13 @@ ROW_SCHEMA = {
 }
 
 
-def feature_stats_for(spec: str) -> pl.DataFrame:
-    """The feature statistics shipped with an SAE spec (`default` or a sae-lens folder)."""
-    from selfexplain.saes import sae_folder
-    from selfexplain.stats import load_feature_stats
+def feature_stats_for(spec: str, sae=None) -> pl.DataFrame:
+    """The feature statistics of an SAE spec, shipped or collected (`statstore`): any SAE once
+    `selfexplain collect` has run for it."""
+    from selfexplain.saes import load_sae, sae_folder
+    from selfexplain.statstore import require_stats_frame
 
-    folder = sae_folder(spec)
-    if folder is None:
-        raise InputError(f"the real suite needs an SAE folder with feature statistics; {spec!r} "
-                         "is not one")
-    return load_feature_stats(folder)
+    return require_stats_frame(sae if sae is not None else load_sae(spec), sae_folder(spec))
 
 
 def minilm_path() -> Path:

@@ -1,0 +1,198 @@
+"""Held-out detection scores of labels: how well a label tells where its latent fires.
+
+The field's detection scoring (EleutherAI's delphi; SAEBench's autointerp), on the held-out
+examples `collect` keeps (documents disjoint from those that built the typical inputs and the
+statistics). For a latent and its label:
+
+- activating examples: the latent's uniform sample of the held-out examples it fires on (every
+  activation decile in proportion; `collect.HeldoutSampler`);
+- random negatives: examples of the random pool on which it does not fire;
+- hard negatives: examples on which its nearest latents by decoder cosine fire and it does not
+  (delphi's neighbour negatives: they share the surface the label must tell apart).
+
+The embedding scorer ranks examples by the MiniLM cosine between the label and the example text;
+its score is the AUROC of activating vs negative examples (0.5: the label says nothing; 1: it
+separates them perfectly). Every count and choice is deterministic (hash order from collect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+from torch import Tensor
+
+from selfexplain.errors import InputError
+
+N_NEGATIVES = 64
+"""Negatives of each kind per latent (the activating side is the latent's held-out sample, up to
+collect's `heldout_per_latent`, 64 by default)."""
+N_NEIGHBOURS = 8
+"""Nearest latents by decoder cosine whose examples are hard negatives."""
+
+
+@dataclass(frozen=True)
+class HeldoutSet:
+    """collect's held-out examples: texts, the latents firing in each, each latent's sample."""
+
+    example_ids: list[int]
+    texts: list[str]
+    random: list[bool]
+    fires: list[set[int]]  # per example row: latents firing in it
+    samples: list[list[int]]  # per latent: example rows of its activating sample
+    sample_maxes: list[list[float]]
+
+    @classmethod
+    def load(cls, folder: Path) -> "HeldoutSet":
+        from selfexplain.statstore import HELDOUT_EXAMPLES_FILE, HELDOUT_LATENTS_FILE
+
+        folder = Path(folder)
+        try:
+            examples = pl.read_parquet(folder / HELDOUT_EXAMPLES_FILE)
+            latents = pl.read_parquet(folder / HELDOUT_LATENTS_FILE).sort("feature")
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise InputError(f"no held-out examples in {folder} ({str(err)[:80]}): run "
+                             "`selfexplain collect --sae ...`") from None
+        ids = examples["example"].to_list()
+        row = {e: i for i, e in enumerate(ids)}
+        return cls(example_ids=ids, texts=examples["text"].to_list(),
+                   random=examples["random"].to_list(),
+                   fires=[set(f) for f in examples["features"].to_list()],
+                   samples=[[row[e] for e in s] for s in latents["examples"].to_list()],
+                   sample_maxes=latents["max_activations"].to_list())
+
+    @property
+    def d_sae(self) -> int:
+        return len(self.samples)
+
+
+def nearest_latents(decoder: Tensor, k: int = N_NEIGHBOURS, batch: int = 4096) -> Tensor:
+    """(d_sae, k) the latents with the highest decoder cosine to each latent (itself excluded)."""
+    unit = decoder.float() / decoder.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = min(k, unit.shape[0] - 1)
+    out = []
+    for start in range(0, unit.shape[0], batch):
+        cos = unit[start:start + batch] @ unit.T  # (b, d_sae)
+        cos[torch.arange(cos.shape[0]), torch.arange(start, start + cos.shape[0])] = -2.0
+        out.append(cos.topk(k, dim=-1).indices)
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class DetectionSet:
+    feature: int
+    activating: list[int]  # example rows
+    random_negatives: list[int]
+    hard_negatives: list[int]
+
+
+def detection_set(held: HeldoutSet, feature: int, neighbours: Sequence[int], *,
+                  n_negatives: int = N_NEGATIVES) -> DetectionSet:
+    """The examples one latent's label is scored on (see the module docstring)."""
+    activating = held.samples[feature]
+    random_rows = [i for i, r in enumerate(held.random) if r and feature not in held.fires[i]]
+    hard: list[int] = []
+    seen = set(activating)
+    per = max(1, -(-n_negatives // max(len(neighbours), 1)))
+    for other in neighbours:  # nearest first, an equal share from each
+        taken = 0
+        for i in held.samples[int(other)]:
+            if taken >= per or len(hard) >= n_negatives:
+                break
+            if i not in seen and feature not in held.fires[i]:
+                hard.append(i)
+                seen.add(i)
+                taken += 1
+    return DetectionSet(feature, list(activating), random_rows[:n_negatives], hard)
+
+
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
+    """P(positive > negative), ties half; None when either side is empty."""
+    if not positives or not negatives:
+        return None
+    pos = torch.tensor(positives, dtype=torch.float64)[:, None]
+    neg = torch.tensor(negatives, dtype=torch.float64)[None, :]
+    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
+
+
+class EmbeddingScorer:
+    """Detection AUROC of labels by MiniLM similarity; example embeddings computed once."""
+
+    def __init__(self, held: HeldoutSet, decoder: Tensor,
+                 embed: Callable[[Sequence[str]], Tensor] | None = None,
+                 cache: Path | None = None):
+        """`cache`: a file where the example embeddings are kept (computed once per collect)."""
+        if decoder.shape[0] != held.d_sae:
+            raise InputError(f"the held-out examples are of an SAE with {held.d_sae} latents, "
+                             f"not {decoder.shape[0]}: collect this SAE's statistics")
+        if embed is None:
+            from selfexplain.evaluation.real import Embedder
+
+            embed = Embedder()
+        self.held, self.embed = held, embed
+        self.neighbours = nearest_latents(decoder).tolist()
+        self._examples: Tensor | None = None
+        self.cache = cache
+
+    @property
+    def example_vectors(self) -> Tensor:
+        if self._examples is None and self.cache is not None and self.cache.is_file():
+            from safetensors.torch import load_file
+
+            try:
+                vectors = load_file(str(self.cache))["examples"].float()
+                if vectors.shape[0] == len(self.held.texts):
+                    self._examples = vectors
+            except Exception:  # a torn cache file: embed again
+                pass
+        if self._examples is None:
+            self._examples = self.embed(self.held.texts)  # (n_examples, dim)
+            if self.cache is not None:
+                from safetensors.torch import save_file
+
+                partial = self.cache.with_name(self.cache.name + ".partial")
+                try:
+                    save_file({"examples": self._examples.half().contiguous()}, str(partial))
+                    partial.replace(self.cache)
+                except OSError:  # a read-only statistics folder: embed each time
+                    partial.unlink(missing_ok=True)
+        return self._examples
+
+    def score(self, features: Sequence[int], labels: Sequence[str | None]) -> pl.DataFrame:
+        """Per (feature, label): detection AUROC with random and with hard negatives."""
+        rows = []
+        present = [i for i, label in enumerate(labels) if label and label.strip()]
+        label_vecs = self.embed([labels[i] for i in present]) if present else None
+        vec_of = {i: label_vecs[j] for j, i in enumerate(present)} if present else {}
+        examples = self.example_vectors if present else None
+        for i, feature in enumerate(features):
+            sets = detection_set(self.held, int(feature), self.neighbours[int(feature)])
+            random_auc = hard_auc = None
+            if i in vec_of:
+                sims = (examples @ vec_of[i]).tolist()  # (n_examples,)
+                pos = [sims[r] for r in sets.activating]
+                random_auc = auroc(pos, [sims[r] for r in sets.random_negatives])
+                hard_auc = auroc(pos, [sims[r] for r in sets.hard_negatives])
+            rows.append(dict(feature=int(feature), label=labels[i],
+                             detection_auroc=random_auc, detection_auroc_hard=hard_auc,
+                             n_activating=len(sets.activating),
+                             n_random=len(sets.random_negatives), n_hard=len(sets.hard_negatives)))
+        return pl.DataFrame(rows, schema=SCORE_SCHEMA, orient="row")
+
+
+EMBEDDINGS_FILE = "heldout_embeddings.safetensors"
+"""MiniLM embeddings of the held-out examples, cached beside them."""
+
+
+def scorer_for(stats_dir: str | Path, decoder: Tensor, embed=None) -> EmbeddingScorer:
+    """The embedding scorer over a statistics folder's held-out examples."""
+    folder = Path(stats_dir)
+    return EmbeddingScorer(HeldoutSet.load(folder), decoder, embed, cache=folder / EMBEDDINGS_FILE)
+
+
+SCORE_SCHEMA = {"feature": pl.Int64, "label": pl.String, "detection_auroc": pl.Float64,
+                "detection_auroc_hard": pl.Float64, "n_activating": pl.Int64,
+                "n_random": pl.Int64, "n_hard": pl.Int64}

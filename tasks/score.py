@@ -1,0 +1,41 @@
+"""Score labels on held-out text (selfexplain.scoring) after they are written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from selfexplain.warehouse import utc_now
+from tasks.sae import cached_sae
+
+
+@task(name="score-labels", cache_policy=NO_CACHE, persist_result=False)
+def score_labels(spec: str, release: str, sae_id: str, run_id: str, features: list[int],
+                 labels: list[str | None]) -> pl.DataFrame | None:
+    """`label_score` rows (embedding detection AUROC, random and hard negatives) for these
+    labels of run `run_id`; None when the SAE has no held-out examples (`collect` makes them)."""
+    from selfexplain.scoring import scorer_for
+    from selfexplain.statstore import HELDOUT_LATENTS_FILE
+
+    sae = cached_sae(spec)
+    log = get_run_logger()
+    if sae.stats_dir is None or not Path(sae.stats_dir, HELDOUT_LATENTS_FILE).is_file():
+        log.info(f"no held-out examples for {release}/{sae_id}: labels left unscored "
+                 "(`selfexplain collect` keeps them)")
+        return None
+    scores = scorer_for(sae.stats_dir, sae.decoder).score(features, labels)
+    scored = scores.filter(pl.col("detection_auroc").is_not_null())
+    if scored.height:
+        log.info(f"held-out detection AUROC of {scored.height} labels: mean "
+                 f"{scored['detection_auroc'].mean():.3f} (random negatives), "
+                 f"{scored['detection_auroc_hard'].mean():.3f} (hard negatives)")
+    return scores.select(
+        pl.lit(release).alias("release"), pl.lit(sae_id).alias("sae_id"),
+        pl.col("feature").cast(pl.Int32), pl.lit(run_id).alias("run_id"),
+        pl.lit("embedding").alias("scorer"), "label", "detection_auroc", "detection_auroc_hard",
+        pl.col("n_activating").cast(pl.Int32), pl.col("n_random").cast(pl.Int32),
+        pl.col("n_hard").cast(pl.Int32), pl.lit(sae.stats_dir).alias("stats_dir"),
+        pl.lit(utc_now()).alias("scored_at"))

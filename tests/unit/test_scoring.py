@@ -1,0 +1,79 @@
+"""Held-out detection scoring on planted latents whose contexts are known: a right label scores
+high, an unrelated one near chance, hard negatives come from the nearest latents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfexplain.scoring import EmbeddingScorer, HeldoutSet, auroc, detection_set, nearest_latents
+
+ANIMALS = ["the cat chased a mouse", "a dog barked at the mailman", "the horse ate some hay",
+           "a cow grazed in the field", "the kitten slept on the sofa", "an owl hooted at night"]
+WEATHER = ["heavy rain fell all afternoon", "the storm brought strong winds",
+           "snow covered the hills", "a sunny and warm morning", "thunder rolled over the town",
+           "fog hid the valley until noon"]
+MONEY = ["the bank raised interest rates", "shares fell on the stock market",
+         "she paid the invoice in cash", "the loan has a fixed rate", "inflation hit prices",
+         "investors sold their bonds"]
+
+
+def planted() -> tuple[HeldoutSet, torch.Tensor]:
+    """Latent 0 fires on animal texts, latent 1 on weather, latent 2 on money; latents 0 and 3
+    share a decoder direction and 3 fires on the weather texts too (0's nearest neighbour)."""
+    texts = ANIMALS + WEATHER + MONEY
+    groups = {0: range(0, 6), 1: range(6, 12), 2: range(12, 18), 3: range(6, 12)}
+    fires = [{f for f, rows in groups.items() if i in rows} for i in range(len(texts))]
+    held = HeldoutSet(example_ids=list(range(len(texts))), texts=texts,
+                      random=[True] * len(texts), fires=fires,
+                      samples=[list(groups[f]) for f in range(4)],
+                      sample_maxes=[[1.0] * 6 for _ in range(4)])
+    decoder = torch.eye(4, 8)
+    decoder[3] = decoder[0] + 0.1 * torch.eye(4, 8)[1]
+    return held, decoder
+
+
+def test_auroc_counts_pairs_and_ties():
+    assert auroc([3.0, 2.0], [1.0, 0.0]) == 1.0
+    assert auroc([1.0], [1.0, 2.0]) == 0.25  # one tie (half), one loss
+    assert auroc([], [1.0]) is None
+
+
+def test_nearest_latents_and_hard_negatives():
+    held, decoder = planted()
+    neighbours = nearest_latents(decoder, k=2)
+    assert neighbours[0, 0].item() == 3 and neighbours[3, 0].item() == 0
+    sets = detection_set(held, 0, neighbours[0].tolist(), n_negatives=6)
+    assert sets.activating == list(range(6))
+    # an equal share from each neighbour, nearest first: latent 3's weather texts, then the next
+    assert sets.hard_negatives[:3] == [6, 7, 8]
+    assert detection_set(held, 0, [3], n_negatives=6).hard_negatives == list(range(6, 12))
+    assert sets.random_negatives == list(range(6, 12))  # the pool, where latent 0 is silent
+    assert not set(sets.random_negatives) & set(sets.activating)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from selfexplain.evaluation.real import Embedder
+
+    return Embedder()
+
+
+def test_right_label_scores_high_and_an_unrelated_one_near_chance(embedder, tmp_path):
+    held, decoder = planted()
+    scorer = EmbeddingScorer(held, decoder, embedder, cache=tmp_path / "emb.safetensors")
+    scores = scorer.score([0, 1, 2, 0, 1, 2], ["animals", "weather", "money and finance",
+                                               "weather", "money and finance", "animals"])
+    right = scores["detection_auroc"].to_list()[:3]
+    swapped = scores["detection_auroc"].to_list()[3:]  # the control: another latent's label
+    assert min(right) >= 0.9
+    assert max(swapped) <= 0.5 and sum(swapped) / 3 < 0.3
+    assert scores["n_activating"].to_list() == [6] * 6
+    # the cache holds the example embeddings: a second scorer reads them instead of embedding
+    assert (tmp_path / "emb.safetensors").is_file()
+    again = EmbeddingScorer(held, decoder, lambda texts: (_ for _ in ()).throw(
+        AssertionError("embedded again")) if len(texts) == len(held.texts) else embedder(texts),
+        cache=tmp_path / "emb.safetensors")
+    assert again.score([0], ["animals"])["detection_auroc"][0] == pytest.approx(right[0], abs=0.02)
+    # no label: no score
+    assert scorer.score([0], [None])["detection_auroc"][0] is None
