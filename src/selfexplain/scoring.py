@@ -156,6 +156,7 @@ class EmbeddingScorer:
                 partial = self.cache.with_name(self.cache.name + ".partial")
                 try:
                     save_file({"examples": self._examples.half().contiguous()}, str(partial))
+                    partial.chmod(0o644)  # safetensors writes 0600; statistics are shared
                     partial.replace(self.cache)
                 except OSError:  # a read-only statistics folder: embed each time
                     partial.unlink(missing_ok=True)

@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="planted: first N words of the split; real: N sampled features")
     parser.add_argument("--split", choices=["dev", "test"], default="dev",
                         help="planted word list (tune on dev only)")
-    parser.add_argument("--methods", help="comma list of default,faithful,vocabproj,tokenchange,"
-                        "maxact (default: all but faithful; --thorough: all)")
+    parser.add_argument("--methods", help="comma list of default,faithful,decoder (the default "
+                        "preset on decoder rows),vocabproj,tokenchange,maxact (default: all but "
+                        "faithful and decoder; --thorough adds faithful)")
     parser.add_argument("--thorough", action="store_true",
                         help="also the faithful preset, the random-direction null (32) and the "
                         "best-scale check: several times slower than the quick default")

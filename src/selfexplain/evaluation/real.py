@@ -52,6 +52,10 @@ ROW_SCHEMA = {
 }
 
 
+SUITE_HELDOUT = "heldout_detection"
+"""Held-out detection scores (selfexplain.scoring): never the text that built the inputs."""
+
+
 def feature_stats_for(spec: str, sae=None) -> pl.DataFrame:
     """The feature statistics of an SAE spec, shipped or collected (`statstore`): any SAE once
     `selfexplain collect` has run for it."""
@@ -236,11 +240,15 @@ def summarise_auroc(rows: pl.DataFrame, *, suite: str, split: str | None = None)
 
 
 def summarise_real(rows: pl.DataFrame, *, split: str | None = None) -> pl.DataFrame:
-    """Token recovery (Wilson), mean similarities, and the own-vs-other AUROC (Hanley-McNeil)."""
+    """Token recovery (Wilson), mean similarities, the own-vs-other AUROC (Hanley-McNeil), and
+    the mean held-out detection AUROCs when scored (`suite.heldout_detection`)."""
     frames = [
         summarise_binary(rows.filter(pl.col("single_token")), ("recovered_exact",
                          "label_names_token"), suite=SUITE_TOKEN, split=split),
         summarise_mean(rows, ("sim_own", "sim_other"), suite=SUITE_EMBED, split=split),
     ]
+    if "detection_auroc" in rows.columns:
+        frames.append(summarise_mean(rows, ("detection_auroc", "detection_auroc_hard"),
+                                     suite=SUITE_HELDOUT, split=split))
     frames.append(summarise_auroc(rows, suite=SUITE_EMBED, split=split))
     return pl.concat(frames)

@@ -27,8 +27,9 @@ from selfexplain.evaluation.stats import summary_frame
 from selfexplain.evaluation.wordlists import concept_directions, load_classes, load_words
 from selfexplain.models import LoadedModel
 
-SELF_METHODS = ("default", "faithful")
-"""Self-explanation methods: the presets of ExplainConfig."""
+SELF_METHODS = ("default", "faithful", "decoder")
+"""Self-explanation methods: the presets of ExplainConfig; `decoder` is the default preset on
+decoder rows (what an SAE without statistics gets; real suite only)."""
 BASELINES = ("vocabproj", "tokenchange", "maxact")
 ALL_METHODS = SELF_METHODS + BASELINES
 DEFAULT_METHODS = ("default", "faithful", "vocabproj", "tokenchange", "maxact")
@@ -137,6 +138,9 @@ Log = Callable[[str], None]
 
 
 def _config(method: str, request: EvalRequest) -> ExplainConfig:
+    if method == "decoder":
+        return ExplainConfig.from_preset("default", **{**request.overrides, "seed": request.seed,
+                                                       "direction": "decoder"})
     return ExplainConfig.from_preset(method, **{**request.overrides,  # type: ignore[arg-type]
                                                 "seed": request.seed})
 
@@ -231,7 +235,7 @@ def run_planted_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, lo
     scale_frames: list[pl.DataFrame] = []
     flag_frames: list[pl.DataFrame] = []
     unit = None
-    for method in (m for m in request.methods if m in SELF_METHODS):
+    for method in (m for m in request.methods if m in SELF_METHODS and m != "decoder"):
         began = time.perf_counter()
         config = _config(method, request)
         log(f"planted: {method} on {len(concepts)} concepts")
@@ -412,7 +416,9 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         flag_frames.append(thresholds.selfsim_aurocs(
             verdict, out.null.get(f"meaning ({method})", []), method=method, outcome="embed_win",
             split="real", suite="failure_flag_real", score=score))
-    directions, kept, _ = sae.unit_directions(features)
+    # the baselines read the same directions as the default method (typical inputs when the SAE
+    # has statistics): every method on equal inputs
+    directions, kept, _ = sae.unit_directions(features, _config("default", request).direction)
     layer = _config("default", request).injection_layer
     for method in (m for m in request.methods if m in BASELINES):
         began = time.perf_counter()
@@ -427,10 +433,44 @@ def run_real_suite(lm: LoadedModel, request: EvalRequest, out: EvalOutput, sae, 
         frames.append(real.score_real(method, kept, labels, recovered, stats, embedder,
                                       seed=request.seed, top_labels=token_lists))
         _timed(out, f"real/{method}", began)
-    items = pl.concat(frames)
+    items = heldout_detection(pl.concat(frames), sae, embedder, request.seed, log)
     out.items["real"] = items
     out.summaries.append(real.summarise_real(items, split=f"real-{request.split}"))
     out.summaries.extend(flag_frames)
+
+
+CONTROL = "control:other-label"
+"""Each latent scored with another latent's default label: the floor of the held-out scores."""
+
+
+def heldout_detection(items: pl.DataFrame, sae, embedder, seed: int, log: Log) -> pl.DataFrame:
+    """`items` with every label's held-out detection AUROC (random and hard negatives) and the
+    control rows; unchanged when the SAE's statistics hold no held-out examples."""
+    from selfexplain.scoring import scorer_for
+    from selfexplain.statstore import HELDOUT_LATENTS_FILE
+
+    if sae.stats_dir is None or not (Path(sae.stats_dir) / HELDOUT_LATENTS_FILE).is_file():
+        log("real: no held-out examples for this SAE (selfexplain collect keeps them): "
+            "held-out detection not scored")
+        return items
+    began = time.perf_counter()
+    scorer = scorer_for(sae.stats_dir, sae.decoder, embedder)
+    base = items.filter(pl.col("method") == "default").sort("feature")
+    if base.height >= 2:
+        features = base["feature"].to_list()
+        partner = dict(zip(features, real.derangement(features, seed)))
+        label_of = dict(zip(features, base["label"].to_list()))
+        control = base.with_columns(
+            pl.lit(CONTROL).alias("method"),
+            pl.col("feature").replace_strict(partner, return_dtype=pl.Int64).alias("other_feature"),
+            pl.col("feature").replace_strict(partner).replace_strict(
+                label_of, return_dtype=pl.String).alias("label"),
+            *(pl.lit(None, dtype=items.schema[c]).alias(c) for c in (
+                "recovered", "recovered_exact", "label_names_token", "sim_own", "sim_other")))
+        items = pl.concat([items, control.select(items.columns)])
+    scores = scorer.score(items["feature"].to_list(), items["label"].to_list())
+    log(f"real: held-out detection of {items.height} labels in {time.perf_counter() - began:.0f} s")
+    return items.with_columns(scores["detection_auroc"], scores["detection_auroc_hard"])
 
 
 # -- warehouse rows ----------------------------------------------------------------------------
@@ -446,7 +486,7 @@ _ITEM_METRICS = {
                 "failed", "max_selfsim", "max_roundtrip"),
     "scale_selection": ("top3_exact", "top3_near", "best_scale"),
     "real": ("recovered_exact", "label_names_token", "sim_own", "sim_other", "failed",
-             "max_selfsim", "max_roundtrip"),
+             "max_selfsim", "max_roundtrip", "detection_auroc", "detection_auroc_hard"),
     "planted_embedding": ("sim_own", "sim_other"),
     "judge": ("judge_match",),
 }
