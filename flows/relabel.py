@@ -30,7 +30,7 @@ from tasks.artifacts import artifact_key, publish_artifacts, start_progress, upd
 from tasks.explain import ShardRows, explain_shard, prepare_engine_task, resolve_layer_threshold
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
 from tasks.sae import collect_stats, load_sae_info, sae_feature_stats
-from tasks.score import score_labels
+from tasks.score import score_carried, score_labels
 from tasks.store import (
     heartbeat,
     mark_interrupted,
@@ -141,6 +141,9 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
               + ("they are skipped" if request.matched == "skip"
                  else "they are relabelled after the unmatched ones"))
         features_to_run = unmatched_first + ([] if request.matched == "skip" else later)
+        if carried.carried and request.score:
+            print(f"carry-over: {score_carried(request.warehouse, request.sae, sae.release, sae.sae_id)}"
+                  " carried labels scored on this SAE's held-out examples")
     else:
         features_to_run = features
     done = set(stored_features(request.warehouse, request_hash, request.out_dir))

@@ -39,3 +39,28 @@ def score_labels(spec: str, release: str, sae_id: str, run_id: str, features: li
         pl.col("n_activating").cast(pl.Int32), pl.col("n_random").cast(pl.Int32),
         pl.col("n_hard").cast(pl.Int32), pl.lit(sae.stats_dir).alias("stats_dir"),
         pl.lit(utc_now()).alias("scored_at"))
+
+
+UNSCORED_CARRIED_SQL = """
+SELECT feature, run_id, label FROM v_feature_labels
+WHERE release = ? AND sae_id = ? AND provisional AND detection_auroc IS NULL AND label IS NOT NULL
+ORDER BY feature
+"""
+
+
+@task(name="score-carried", cache_policy=NO_CACHE, persist_result=False)
+def score_carried(warehouse: str, spec: str, release: str, sae_id: str) -> int:
+    """Score the labels carried over to this SAE on its own held-out examples (a carried label
+    is a claim about the new SAE's latent: it is judged on where that latent fires)."""
+    from tasks.store import _WRITER, write_rows
+    from selfexplain.warehouse import Warehouse
+
+    with _WRITER, Warehouse(warehouse, wait_s=10) as wh:
+        carried = wh.query(UNSCORED_CARRIED_SQL, [release, sae_id])
+    written = 0
+    for (run_id,), group in carried.group_by(["run_id"], maintain_order=True):
+        rows = score_labels.fn(spec, release, sae_id, str(run_id), group["feature"].to_list(),
+                               group["label"].to_list())
+        if rows is not None:
+            written += write_rows(warehouse, {"label_score": rows})["label_score"]
+    return written

@@ -67,6 +67,11 @@ def browse_warehouse(tmp_path_factory, tiny_lm) -> Path:
         wh.execute("UPDATE label SET carried_from_release = 'local:old', carried_from_sae_id = "
                    "'old', carried_from_feature = 9, carried_cosine = 0.95 WHERE feature = 3 "
                    "AND run_id = 'run-new'")
+        wh.upsert("label_score", frame("label_score", [dict(  # features 0-3 scored, 4-5 not
+            release=RELEASE, sae_id=SAE_ID, feature=f, run_id="run-new", scorer="embedding",
+            label=None, detection_auroc=0.55 + 0.1 * f, detection_auroc_hard=0.5 + 0.05 * f,
+            n_activating=64, n_random=64, n_hard=60, stats_dir="/stats", scored_at=now)
+            for f in range(4)]))
         wh.upsert("eval_result", pl.DataFrame([dict(
             eval_id="eval-1", suite="planted", release="planted", sae_id="words_dev",
             feature=i, method="default", metric="hit_top3", value=float(i % 2), name=f"w{i}",

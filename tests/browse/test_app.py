@@ -52,6 +52,19 @@ def test_search_filter_sort_and_pages(client, browse_warehouse):
     assert 'id="next"' in html and "page=2" in html and html.count('class="feature-row"') == 4
 
 
+def test_held_out_detection_sorts_filters_and_shows(client):
+    best = features(client, sort="detection", desc=True)["rows"]
+    assert [r["feature"] for r in best] == [3, 2, 1, 0, 4, 5]  # unscored ones last
+    assert best[0]["detection_auroc"] == pytest.approx(0.85)
+    assert best[0]["detection_auroc_hard"] == pytest.approx(0.65)
+    good = features(client, det_min=0.7)["rows"]
+    assert {r["feature"] for r in good} == {2, 3}
+    assert client.get("/api/features", params={**TABLE, "det_min": 2}).status_code in (400, 422)
+    page = client.get("/feature", params={**TABLE, "feature": 3}).text
+    assert "0.85 vs random text, 0.65 vs its nearest latents" in page
+    assert "not scored" in client.get("/feature", params={**TABLE, "feature": 5}).text
+
+
 def test_feature_page_shows_everything(client):
     data = client.get("/api/feature", params={**TABLE, "feature": 2}).json()
     assert data["label"]["label"] == "dogs and cats"

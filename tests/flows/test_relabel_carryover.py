@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import torch
 
 import tasks.explain
@@ -105,3 +106,43 @@ def test_carry_over_matches_carries_skips_and_reruns_idempotently(
     out = json.loads(capsys.readouterr().out)
     assert (out["matched"], out["new"], out["vanished"]) == (10, 6, 6)
     assert out["fresh_pairs"] == 10
+
+
+def test_carried_labels_are_scored_on_the_new_saes_held_out_text(tmp_path, tiny_model_dir,
+                                                                  tiny_lm, fast):
+    """v2 has statistics (collected from a small corpus): the labels carried over from v1 get
+    held-out detection scores on v2's own examples; v1's labels (no statistics) get none."""
+    from tests.unit.test_collect import make_corpus, sparsify
+
+    v1, v2, truth = two_versions(tmp_path, tiny_lm.d_model)
+    sparsify(v2, tiny_lm, silent=0.97)  # held-out examples (32 tokens) where each is silent
+    warehouse = str(tmp_path / "w.duckdb")
+    common = dict(model=tiny_model_dir, features="0-15", shard_size=8, scales="0:2:3",
+                  samples=1, overrides=fast, warehouse=warehouse)
+    relabel(RelabelRequest(sae=str(v1), collect=False, **common))
+    relabel(RelabelRequest(sae=str(v2), carry_over=True, corpus=str(make_corpus(
+        tmp_path / "corpus")), collect_tokens=1500, **common))
+    with open_reader(warehouse) as wh:
+        rows = wh.query("SELECT feature, provisional, label, detection_auroc, detection_auroc_hard "
+                        "FROM v_feature_labels WHERE sae_id = 'v2' ORDER BY feature")
+        v1_scores = wh.query("SELECT count(*) AS n FROM label_score WHERE sae_id = 'v1'")["n"][0]
+        by_run = wh.query("SELECT count(*) AS n, count(DISTINCT (feature, run_id)) AS k "
+                          "FROM label_score WHERE sae_id = 'v2'")
+        scored = wh.query("SELECT s.feature, s.detection_auroc, s.n_activating, s.n_random, "
+                          "l.provisional FROM label_score AS s JOIN v_feature_labels AS l "
+                          "USING (release, sae_id, feature, run_id) WHERE s.sae_id = 'v2' "
+                          "AND l.label IS NOT NULL")
+    carried = rows.filter(rows["provisional"] & rows["label"].is_not_null())
+    assert sorted(carried["feature"].to_list()) == sorted(
+        f for f in truth if rows.filter(rows["feature"] == f)["label"][0])
+    fresh = rows.filter(~rows["provisional"] & rows["label"].is_not_null())
+    assert carried.height and fresh.height
+    # every current label, carried or fresh, has its score row on v2's own examples ...
+    assert sorted(scored["feature"].to_list()) == sorted(carried["feature"].to_list()
+                                                          + fresh["feature"].to_list())
+    assert scored.filter(pl.col("provisional")).height == carried.height
+    # ... with an AUROC wherever both sides have examples
+    both = scored.filter((pl.col("n_activating") > 0) & (pl.col("n_random") > 0))
+    assert both.height >= carried.height // 2 and both["detection_auroc"].is_not_null().all()
+    assert v1_scores == 0
+    assert by_run["n"][0] == by_run["k"][0]  # one score per label, stored once

@@ -49,11 +49,16 @@ def make_corpus(folder: Path, n_docs: int = 40, seed: int = 0) -> Path:
 def sparse_sae(path: Path, lm, d_sae: int = 12, d_in: int | None = None) -> Path:
     """A standard (ReLU) SAE whose encoder bias leaves each latent silent on ~85% of tokens."""
     write_sae_folder(path, d_in or lm.d_model, d_sae, hook_name="blocks.1.hook_resid_post")
+    return path if d_in is not None else sparsify(path, lm)
+
+
+def sparsify(path: Path, lm, silent: float = 0.85) -> Path:
+    """Set an SAE folder's encoder bias so each latent is silent on `silent` of the tokens."""
     weights = load_file(str(path / "sae_weights.safetensors"))
-    if d_in is None:
-        ids = torch.tensor([lm.tokenizer.encode(" ".join(WORDS * 3))])
-        acts = collect_activations(lm, ids, [2], progress=False)[2].float()
-        weights["b_enc"] = -torch.quantile(acts @ weights["W_enc"], 0.85, dim=0)
+    ids = torch.tensor([lm.tokenizer.encode(" ".join(WORDS * 3))])
+    layer = load_encoder(str(path)).resid_layer
+    acts = collect_activations(lm, ids, [layer], progress=False)[layer].float()
+    weights["b_enc"] = -torch.quantile(acts @ weights["W_enc"], silent, dim=0)
     save_file(weights, str(path / "sae_weights.safetensors"))
     return path
 

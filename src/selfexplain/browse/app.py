@@ -4,7 +4,7 @@ Pages (server-side Jinja2 templates, autoescaped: labels are written by a model 
 text, never as markup) and a JSON API with the same data:
 
     /                      SAEs: features labelled, flagged, last run        /api/saes
-    /features?release&sae_id&q&flagged&rt_min&rt_max&density_min&density_max&sort&desc&page
+    /features?release&sae_id&q&flagged&rt_min&rt_max&density_min&density_max&det_min&det_max&sort&desc&page
                            one SAE's feature table, searched, filtered, paged /api/features
     /feature?release&sae_id&feature
                            one feature: label, candidates, sweep, contexts     /api/feature
@@ -38,6 +38,7 @@ def feature_filter(
     flagged: str = Query("any", pattern="^(any|yes|no)$"),
     rt_min: float | None = None, rt_max: float | None = None,
     density_min: float | None = Query(None, ge=0), density_max: float | None = Query(None, ge=0),
+    det_min: float | None = Query(None, ge=0, le=1), det_max: float | None = Query(None, ge=0, le=1),
     sort: str = Query("feature", pattern="^(" + "|".join(queries.SORTS) + ")$"),
     desc: bool = False,
     page: int = Query(1, ge=1),
@@ -46,7 +47,8 @@ def feature_filter(
     """The feature table's query parameters, validated (a bad one is a 400 naming it)."""
     return queries.FeatureFilter(
         q=q.strip(), flagged={"yes": True, "no": False}.get(flagged), rt_min=rt_min,
-        rt_max=rt_max, density_min=density_min, density_max=density_max, sort=sort, desc=desc,
+        rt_max=rt_max, density_min=density_min, density_max=density_max, det_min=det_min,
+        det_max=det_max, sort=sort, desc=desc,
         page=page, size=size)
 
 

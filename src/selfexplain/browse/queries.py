@@ -20,6 +20,8 @@ SORTS = {
     "roundtrip": "max_roundtrip",
     "density": "density",
     "scale": "scale",
+    "detection": "detection_auroc",
+    "detection_hard": "detection_auroc_hard",
 }
 """Sortable columns of the feature table: request name -> column of v_feature_labels."""
 PAGE_SIZE = 50
@@ -37,6 +39,9 @@ class FeatureFilter:
     rt_max: float | None = None
     density_min: float | None = None
     density_max: float | None = None
+    det_min: float | None = None
+    """Lowest held-out detection AUROC (random negatives) shown; unscored labels drop out."""
+    det_max: float | None = None
     sort: str = "feature"
     desc: bool = False
     page: int = 1
@@ -76,7 +81,8 @@ def features(wh: Warehouse, release: str, sae_id: str, filt: FeatureFilter) -> t
         where.append("failed = ?")
         params.append(filt.flagged)
     for column, low, high in (("max_roundtrip", filt.rt_min, filt.rt_max),
-                              ("density", filt.density_min, filt.density_max)):
+                              ("density", filt.density_min, filt.density_max),
+                              ("detection_auroc", filt.det_min, filt.det_max)):
         if low is not None:
             where.append(f"{column} >= ?")
             params.append(low)
@@ -87,7 +93,8 @@ def features(wh: Warehouse, release: str, sae_id: str, filt: FeatureFilter) -> t
     order = SORTS[filt.sort] + (" DESC" if filt.desc else " ASC") + " NULLS LAST, feature ASC"
     page = wh.query(  # one scan: the page and the number of matches (a window over all of them)
         "SELECT feature, label, top_labels, recovered_token, scale, max_roundtrip, failed, "
-        f"density, single_token, top_tokens, count(*) OVER () AS n_matching "
+        f"density, single_token, top_tokens, detection_auroc, detection_auroc_hard, "
+        f"count(*) OVER () AS n_matching "
         f"FROM v_feature_labels WHERE {condition} ORDER BY {order} LIMIT ? OFFSET ?",
         [*params, filt.size, (filt.page - 1) * filt.size])
     rows = page.drop("n_matching").to_dicts()
