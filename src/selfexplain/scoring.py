@@ -197,3 +197,98 @@ def scorer_for(stats_dir: str | Path, decoder: Tensor, embed=None) -> EmbeddingS
 SCORE_SCHEMA = {"feature": pl.Int64, "label": pl.String, "detection_auroc": pl.Float64,
                 "detection_auroc_hard": pl.Float64, "n_activating": pl.Int64,
                 "n_random": pl.Int64, "n_hard": pl.Int64}
+
+
+# -- LLM detection (delphi's detection scorer) against a judge endpoint ----------------------------
+
+DETECTION_SYSTEM = "You are a careful judge of descriptions of neural network features."
+DETECTION_PROMPT = (
+    "A feature of a language model is described as:\n{label}\n\n"
+    "Below are {n} text excerpts. For each one, decide whether the feature is active somewhere "
+    "in it, judging only by the description.\n\n{examples}\n\n"
+    "Answer with a list of {n} numbers in order, 1 for active and 0 for not, e.g. "
+    "[{example}], and nothing else."
+)
+PER_DECILE = 1
+"""Activating examples per activation decile of the latent's sample (delphi samples across
+quantiles: a label must cover weak activations too, not only the top ones)."""
+N_JUDGE_NEGATIVES = 10
+BATCH = 5
+"""Examples per prompt (delphi's default batch size for detection is 5 to 10)."""
+
+
+def decile_sample(rows: Sequence[int], maxes: Sequence[float], per_decile: int = PER_DECILE,
+                  ) -> list[int]:
+    """`per_decile` rows from each tenth of the sample ordered by max activation (weakest first);
+    the sample is uniform, so its tenths are the activation deciles."""
+    order = sorted(range(len(rows)), key=lambda i: (maxes[i], i))
+    picked: list[int] = []
+    for d in range(10):
+        part = order[len(order) * d // 10: len(order) * (d + 1) // 10]
+        picked.extend(rows[i] for i in part[:per_decile])
+    return picked
+
+
+def parse_votes(answer: str, n: int) -> list[int] | None:
+    """`[1, 0, 1]` (or `1 0 1`) -> [1, 0, 1]; None unless exactly n votes of 0/1 are found."""
+    import re
+
+    votes = [int(v) for v in re.findall(r"(?<![0-9.])[01](?![0-9.])", answer)]
+    return votes if len(votes) == n else None
+
+
+def balanced_accuracy(truth: Sequence[bool], votes: Sequence[bool]) -> float | None:
+    pos = [v for t, v in zip(truth, votes) if t]
+    neg = [not v for t, v in zip(truth, votes) if not t]
+    if not pos or not neg:
+        return None
+    return (sum(pos) / len(pos) + sum(neg) / len(neg)) / 2
+
+
+class JudgeDetectionScorer:
+    """Balanced accuracy of a judge telling activating from non-activating held-out examples
+    given the label (random and hard negatives). Responses are cached by the judge."""
+
+    def __init__(self, held: HeldoutSet, decoder: Tensor, judge, *, seed: int = 0):
+        self.held, self.judge, self.seed = held, judge, seed
+        self.neighbours = nearest_latents(decoder).tolist()
+
+    def _accuracy(self, label: str, positives: list[int], negatives: list[int]) -> float | None:
+        import random
+
+        if not positives or not negatives:
+            return None
+        items = [(r, True) for r in positives] + [(r, False) for r in negatives]
+        random.Random(self.seed).shuffle(items)
+        truth, votes = [], []
+        for start in range(0, len(items), BATCH):
+            batch = items[start:start + BATCH]
+            shown = "\n".join(f"{i}. {self.held.texts[r]!r}" for i, (r, _) in enumerate(batch, 1))
+            messages = [{"role": "system", "content": DETECTION_SYSTEM},
+                        {"role": "user", "content": DETECTION_PROMPT.format(
+                            label=label, n=len(batch), examples=shown,
+                            example=", ".join("1" if i % 2 == 0 else "0" for i in range(len(batch))))}]
+            parsed = parse_votes(self.judge.complete(messages, max_tokens=4 * len(batch) + 8),
+                                 len(batch))
+            if parsed is None:  # an unreadable answer counts as no vote for the batch
+                continue
+            truth.extend(t for _, t in batch)
+            votes.extend(bool(v) for v in parsed)
+        return balanced_accuracy(truth, votes)
+
+    def score(self, features: Sequence[int], labels: Sequence[str | None]) -> pl.DataFrame:
+        rows = []
+        for feature, label in zip(features, labels):
+            sets = detection_set(self.held, int(feature), self.neighbours[int(feature)],
+                                 n_negatives=N_JUDGE_NEGATIVES)
+            positives = decile_sample(self.held.samples[int(feature)],
+                                      self.held.sample_maxes[int(feature)])
+            random_acc = hard_acc = None
+            if label and label.strip():
+                random_acc = self._accuracy(label, positives, sets.random_negatives)
+                hard_acc = self._accuracy(label, positives, sets.hard_negatives)
+            rows.append(dict(feature=int(feature), label=label, judge_detection=random_acc,
+                             judge_detection_hard=hard_acc))
+        return pl.DataFrame(rows, schema={"feature": pl.Int64, "label": pl.String,
+                                          "judge_detection": pl.Float64,
+                                          "judge_detection_hard": pl.Float64}, orient="row")

@@ -58,3 +58,25 @@ def test_installed_registry_and_inbox(tmp_path, tiny_sae_dir):
     rules = WatchFilter(models={"tiny": "/models/tiny"}, releases=["local:*"])
     assert rules.model_for(found[0]) == "/models/tiny"
     assert WatchFilter().model_for(found[0]) is None
+
+
+def test_an_sae_without_statistics_is_never_silently_explained_on_decoder_rows(
+        tiny_sae_dir, tiny_model_dir, capsys):
+    """--no-collect: one line says decoder rows are injected and why; the injected key (and so
+    the request hash) is the decoder's, and becomes the typical inputs' once they exist."""
+    from flows.relabel import with_statistics
+    from tasks.sae import cached_sae, sae_info
+
+    cached_sae.cache_clear()
+    request = RelabelRequest.build(model=tiny_model_dir, sae=str(tiny_sae_dir), collect=False)
+    info = sae_info(request.sae)
+    with disable_run_logger():
+        kept = with_statistics(request, info)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "injecting decoder rows" in out[0] and "--no-collect" in out[0]
+    assert request.injected(kept) == "decoder"
+    with_inputs = info.model_copy(update={"typical_inputs": "input:abc"})
+    assert request.injected(with_inputs) == "input:abc"
+    assert request.request_hash("r", "s", "input:abc") != request.request_hash("r", "s")
+    faithful = RelabelRequest.build(sae=str(tiny_sae_dir), preset="faithful")
+    assert faithful.injected(with_inputs) == "decoder"  # the post's recipe: decoder rows always

@@ -271,3 +271,21 @@ def test_corpus_sources_split_by_document(tmp_path, tiny_lm):
                                               "wordnet"}
     first_held = next(iter(embedded.streams("heldout")["wikipedia"]))
     assert first_held not in set(embedded.streams("train")["wikipedia"])
+
+
+def test_cli_collect_then_reuse_and_bad_input(tiny_lm, tiny_model_dir, tmp_path, capsys):
+    from selfexplain.cli import main
+
+    sae_dir = sparse_sae(tmp_path / "sae", tiny_lm)
+    corpus = make_corpus(tmp_path / "corpus")
+    args = ["collect", "--sae", str(sae_dir), "--model", tiny_model_dir, "--corpus", str(corpus),
+            "--tokens", "600", "--heldout-tokens", "200", "--context", "24"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("collected: ") and "statistics: " in out
+    assert main(args) == 0 and capsys.readouterr().out.startswith("reused (already collected)")
+    assert load_sae(str(sae_dir)).inputs is not None
+    assert main(["collect", "--sae", str(sae_dir), "--model", tiny_model_dir, "--corpus",
+                 str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: corpus") and "neither" in err[0]

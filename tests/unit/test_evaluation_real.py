@@ -70,7 +70,10 @@ def test_score_real_rows_and_summary() -> None:
     recovery = got[("token_recovery", "recovered_exact")]
     assert recovery["n"] == 2 and recovery["value"] == 0.5
     auc = got[("embedding", "auroc")]
-    assert auc["n"] == 3 and 0.0 <= auc["value"] <= 1.0
+    own, other = rows["sim_own"].to_list(), rows["sim_other"].to_list()
+    pairs = [1.0 if o > t else 0.5 if o == t else 0.0 for o in own for t in other]
+    assert auc["n"] == 3 and auc["value"] == pytest.approx(sum(pairs) / len(pairs))
+    assert own[0] > other[0]  # the dog label is closer to the dog contexts than to another's
     # a method without a literal answer (max-activating tokens) gets no recovery rows
     none = real.score_real("maxact", [0, 1], ["dog", "red"], None, stats, bag_of_words)
     assert none["recovered_exact"].null_count() == 2

@@ -3,6 +3,11 @@ high, an unrelated one near chance, hard negatives come from the nearest latents
 
 from __future__ import annotations
 
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
 import pytest
 import torch
 
@@ -77,3 +82,59 @@ def test_right_label_scores_high_and_an_unrelated_one_near_chance(embedder, tmp_
     assert again.score([0], ["animals"])["detection_auroc"][0] == pytest.approx(right[0], abs=0.02)
     # no label: no score
     assert scorer.score([0], [None])["detection_auroc"][0] is None
+
+
+KEYWORDS = {"animals": {"cat", "dog", "horse", "cow", "kitten", "owl"},
+            "weather": {"rain", "storm", "snow", "sunny", "thunder", "fog"}}
+
+
+class _KeywordJudge(BaseHTTPRequestHandler):
+    """A chat-completions server that votes 1 for an excerpt holding a keyword of the label."""
+
+    requests = 0
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _KeywordJudge.requests += 1
+        prompt = body["messages"][-1]["content"]
+        label = prompt.split("described as:\n")[1].split("\n")[0]
+        words = KEYWORDS.get(label, set())
+        lines = [line for line in prompt.splitlines() if re.match(r"^\d+\. ", line)]
+        votes = [int(any(w in line.lower().split() or w + "'" in line.lower() for w in words)
+                     or any(w in line.lower() for w in words)) for line in lines]
+        data = json.dumps({"choices": [{"message": {"content": str(votes)}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_judge_detection_against_a_fake_endpoint():
+    from selfexplain.evaluation.judge import Judge, JudgeEndpoint
+    from selfexplain.scoring import JudgeDetectionScorer, decile_sample, parse_votes
+
+    assert parse_votes("[1, 0, 1]", 3) == [1, 0, 1] and parse_votes("1 0", 3) is None
+    assert decile_sample(list(range(20)), [float(20 - i) for i in range(20)]) == \
+        [19, 17, 15, 13, 11, 9, 7, 5, 3, 1]  # one per tenth, weakest first
+    server = HTTPServer(("127.0.0.1", 0), _KeywordJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        held, decoder = planted()
+        judge = Judge(JudgeEndpoint(f"http://127.0.0.1:{server.server_address[1]}/v1", "fake"))
+        scores = JudgeDetectionScorer(held, decoder, judge).score(
+            [0, 1, 0], ["animals", "weather", "weather"])
+        first = _KeywordJudge.requests
+        again = JudgeDetectionScorer(held, decoder, judge).score([0], ["animals"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert scores["judge_detection"].to_list()[:2] == [1.0, 1.0]  # right labels: perfect
+    # another latent's label: no animal text voted (TPR 0), the 6 weather texts among the 10
+    # random negatives voted wrongly (TNR 4/10): below chance
+    assert scores["judge_detection"][2] == pytest.approx(0.2)
+    assert scores["judge_detection_hard"][0] == 1.0
+    assert _KeywordJudge.requests == first and again["judge_detection"][0] == 1.0  # cached

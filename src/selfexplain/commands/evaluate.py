@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "1 is much faster when other jobs share the cores)")
     parser.add_argument("--model", default="default")
     parser.add_argument("--sae", default="default", help="for --suite real/all")
+    parser.add_argument("--judge-detection", action="store_true",
+                        help="real suite: also score every label with the LLM judge (delphi's "
+                        "detection: balanced accuracy on held-out examples; needs "
+                        "SELFEXPLAIN_JUDGE_URL)")
     parser.add_argument("--references", help="reference labels (Neuronpedia JSON/JSONL or CSV) "
                         "to import and, with a judge endpoint configured, to judge against")
     parser.add_argument("--out", help="folder for report.md, summary.csv, items.parquet, PNGs")
@@ -133,6 +137,14 @@ def run(args: argparse.Namespace) -> int:
             print(judge_mod.SKIP_MESSAGE, file=sys.stderr)
         elif "real" in output.items:
             output.summaries.append(judge_real(output, references, endpoint, cache))
+    if args.judge_detection:
+        if endpoint is None:
+            output.notes.append(judge_mod.SKIP_MESSAGE)
+            print(judge_mod.SKIP_MESSAGE, file=sys.stderr)
+        elif "real" in output.items and sae is not None and sae.stats_dir is not None:
+            log("real: LLM detection of every label on the held-out examples")
+            cache = cache or judge_cache(args.warehouse, args.out)
+            output.summaries.append(judge_detection(output, sae, endpoint, cache))
     output.timings["total"] = round(time.perf_counter() - began, 1)
     summary = output.summary
     if args.json:
@@ -195,6 +207,25 @@ def judge_cache(warehouse: str | None, out_dir: str | None):
             if "judge_response" in reader.tables():  # an older warehouse gains it on write
                 rows = reader.table("judge_response")
     return JudgeCache(None if out_dir is None else f"{out_dir}/judge_cache.jsonl", rows=rows)
+
+
+def judge_detection(output, sae, endpoint, cache=None):
+    """delphi's detection scorer: the judge tells activating from non-activating held-out
+    examples given each method's label; balanced accuracy vs random and hard negatives."""
+    import polars as pl
+
+    from selfexplain.evaluation import judge as judge_mod
+    from selfexplain.evaluation.stats import summarise_mean
+    from selfexplain.scoring import HeldoutSet, JudgeDetectionScorer
+
+    scorer = JudgeDetectionScorer(HeldoutSet.load(sae.stats_dir), sae.decoder,
+                                  judge_mod.Judge(endpoint, cache))
+    items = output.items["real"]
+    scores = scorer.score(items["feature"].to_list(), items["label"].to_list())
+    output.items["real"] = items.with_columns(scores["judge_detection"],
+                                              scores["judge_detection_hard"])
+    return summarise_mean(output.items["real"], ("judge_detection", "judge_detection_hard"),
+                          suite="heldout_judge_detection")
 
 
 def judge_real(output, references, endpoint, cache=None):
