@@ -142,8 +142,8 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
                  else "they are relabelled after the unmatched ones"))
         features_to_run = unmatched_first + ([] if request.matched == "skip" else later)
         if carried.carried and request.score:
-            print(f"carry-over: {score_carried(request.warehouse, request.sae, sae.release, sae.sae_id)}"
-                  " carried labels scored on this SAE's held-out examples")
+            n = score_carried(request.warehouse, request.sae, sae.release, sae.sae_id)
+            print(f"carry-over: {n} carried labels scored on this SAE's held-out examples")
     else:
         features_to_run = features
     done = set(stored_features(request.warehouse, request_hash, request.out_dir))

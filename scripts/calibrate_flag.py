@@ -1,8 +1,8 @@
 """Calibrate the failure flag on real latents against their held-out detection scores (issue 26).
 
-    python scripts/calibrate_flag.py --dev DEV_ITEMS --test TEST_ITEMS --out docs/evaluation/flag_calibration
+    python scripts/calibrate_flag.py --dev DEV --test TEST --out docs/evaluation/flag_calibration
 
-DEV_ITEMS / TEST_ITEMS are `items.parquet` of `selfexplain evaluate --suite real --split dev|test
+DEV_ITEMS / TEST_ITEMS are `items_real.parquet` of `selfexplain evaluate --suite real --split dev|test
 --out ...` (each runs the default method and the control). Without them the script runs both
 evaluations itself (`--limit` latents each).
 
@@ -33,7 +33,7 @@ TARGET_PRECISION = 0.8
 
 def items_for(split: str, path: Path | None, limit: int, out: Path) -> pl.DataFrame:
     if path is None:
-        path = out / f"real_{split}" / "items.parquet"
+        path = out / f"real_{split}" / "items_real.parquet"
         if not path.is_file():
             subprocess.run([sys.executable, "-m", "selfexplain", "evaluate", "--suite", "real",
                             "--split", split, "--limit", str(limit), "--methods", METHOD,

@@ -35,10 +35,10 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from selfexplain.errors import InputError
+from selfexplain.errors import InputError, build_validated
 from selfexplain.models import LoadedModel
 from selfexplain.stats import (
     CONTEXT_LEFT,
@@ -96,12 +96,7 @@ class CollectConfig(BaseModel):
 
     @classmethod
     def build(cls, **values: object) -> "CollectConfig":
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "config"
-            raise InputError(f"invalid {where}: {first['msg']}") from None
+        return build_validated(cls, values)
 
 
 @dataclass(frozen=True)

@@ -19,3 +19,16 @@ class InputError(SelfExplainError):
 
 class WarehouseError(SelfExplainError):
     """The DuckDB warehouse is locked, corrupt, foreign, or a query was refused."""
+
+
+def build_validated(cls, values: dict, what: str = "config"):
+    """`cls(**values)` (None means default) for a pydantic model; its first validation error as
+    one InputError line naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or what
+        raise InputError(f"invalid {where}: {first['msg']}") from None

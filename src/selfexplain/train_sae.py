@@ -21,12 +21,12 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from selfexplain.corpus import token_chunks
-from selfexplain.errors import InputError, SelfExplainError
+from selfexplain.errors import InputError, SelfExplainError, build_validated
 from selfexplain.saes import SAE_ID_KEY
 from selfexplain.models import LoadedModel
 from selfexplain.sae_trainer import train_in_memory, train_streaming
@@ -83,12 +83,7 @@ class TrainSaeConfig(BaseModel):
     @classmethod
     def build(cls, **values: object) -> "TrainSaeConfig":
         """Validate `values` (None means default); raise InputError with one clear line."""
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "config"
-            raise InputError(f"invalid {where}: {first['msg']}") from None
+        return build_validated(cls, values)
 
     @property
     def learning_rate(self) -> float:
