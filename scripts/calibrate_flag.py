@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "auroc_of_score_for_bad": auroc_bad(test_rows),
     }
     (args.out / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
-    pl.DataFrame(sweep).write_csv(args.out / "dev_sweep.csv")
+    pl.DataFrame(sweep).drop("precision_ci", "recall_ci").write_csv(args.out / "dev_sweep.csv")
     print(json.dumps(result, indent=2))
     return 0
 

@@ -113,7 +113,14 @@ class ExplainConfig(BaseModel):
     """A feature whose `failure_metric` stays below this is flagged as a likely failure. The
     post's value for self-similarity is 0.01. For the round trip, 0.3 is the highest threshold
     whose flags were all right on 60 DEV planted words (14 flagged, all with a wrong top 3; recall
-    .56); random directions on the default model never read back above 0.15."""
+    .56); random directions on the default model never read back above 0.15.
+    On real latents against held-out detection (stop 23, `scripts/calibrate_flag.py`,
+    docs/evaluation/flag_calibration; a label is bad when its held-out detection AUROC is no
+    better than the 90th percentile of another latent's label, .594): 0.3 flags 7% of 200 TEST
+    latents with precision .85 [.58,.96] and recall .11; the threshold chosen on 200 DEV latents
+    for the highest recall at precision >= .8 (0.449: DEV .81 / .36) gives TEST precision .63
+    [.49,.75] at recall .33, so 0.3 stays. The round trip ranks bad labels below good ones with
+    AUROC .63 only: filter on `detection_auroc` where it exists."""
     direction: Literal["decoder", "input", "auto"] = "decoder"
     """What is injected for an SAE latent: its unit decoder row (the published method), its
     typical input (the activation-weighted mean of the mean-free residuals it fires on, shipped
