@@ -37,7 +37,8 @@ def labels_frame(wh, release: str | None, sae_id: str | None, include_failed: bo
 
 
 def neuronpedia_rows(labels):
-    """Neuronpedia-like rows: modelId + layer (source id) + index + description, and our scores.
+    """Neuronpedia-like rows: modelId + layer (source id) + index + description, and our scores
+    (the held-out detection AUROCs among them, null where unscored).
 
     With a Neuronpedia id (`gemma-2b/6-res-jb`) the first part is modelId and the rest the layer;
     otherwise modelId is the model the label came from and the layer is `<resid layer>-<sae_id>`.
@@ -55,7 +56,7 @@ def neuronpedia_rows(labels):
         pl.lit("selfexplain").alias("explanationModelName"),
         pl.concat_str([pl.lit("selfexplain-"), pl.col("preset")]).alias("typeName"),
         "release", "sae_id", "recovered_token", "scale", "composite", "max_selfsim", "failed",
-        "run_id",
+        "run_id", "detection_auroc", "detection_auroc_hard",
     )
 
 
