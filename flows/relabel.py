@@ -30,7 +30,7 @@ from tasks.artifacts import artifact_key, publish_artifacts, start_progress, upd
 from tasks.explain import ShardRows, explain_shard, prepare_engine_task, resolve_layer_threshold
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
 from tasks.sae import collect_stats, load_sae_info, sae_feature_stats
-from tasks.score import score_carried, score_labels
+from tasks.score import best_scored_current, score_carried, score_labels
 from tasks.store import (
     heartbeat,
     mark_interrupted,
@@ -144,6 +144,7 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
         if carried.carried and request.score:
             n = score_carried(request.warehouse, request.sae, sae.release, sae.sae_id)
             print(f"carry-over: {n} carried labels scored on this SAE's held-out examples")
+            best_scored_current(request.warehouse, sae.release, sae.sae_id)
     else:
         features_to_run = features
     done = set(stored_features(request.warehouse, request_hash, request.out_dir))
@@ -210,6 +211,11 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
             if scores is not None:
                 record({"label_score": scores}, f"scores-{run_id}")
                 mean_auroc = scores["detection_auroc"].mean()
+                if not parquet:  # two scored labels of a feature: the better one is current
+                    changed = best_scored_current(request.warehouse, sae.release, sae.sae_id)
+                    if changed:
+                        print(f"{changed} features keep an earlier label that scores better "
+                              "on held-out text than this run's (both stay in the history)")
         except Exception as err:  # the labels are stored: a scoring failure must not lose them
             log.warning(f"held-out scoring failed, labels left unscored: {err}")
     seconds = time.perf_counter() - began

@@ -64,3 +64,21 @@ def score_carried(warehouse: str, spec: str, release: str, sae_id: str) -> int:
         if rows is not None:
             written += write_rows(warehouse, {"label_score": rows})["label_score"]
     return written
+
+
+@task(name="best-scored-current", cache_policy=NO_CACHE, persist_result=False)
+def best_scored_current(warehouse: str, release: str, sae_id: str) -> int:
+    """Make the best-scored label of each feature current where it has several scored labels
+    (sql/updates/label_current_best_scored.sql); returns how many features changed label."""
+    from selfexplain.warehouse import Warehouse
+    from tasks.store import _WRITER
+
+    with _WRITER, Warehouse(warehouse, wait_s=10) as wh:
+        before = wh.query("SELECT feature, run_id FROM label_current WHERE release = ? AND "
+                          "sae_id = ?", [release, sae_id])
+        wh.execute((wh.sql_dir / "updates" / "label_current_best_scored.sql").read_text(),
+                   [release, sae_id])
+        after = wh.query("SELECT feature, run_id FROM label_current WHERE release = ? AND "
+                         "sae_id = ?", [release, sae_id])
+    return before.join(after, on="feature", suffix="_after").filter(
+        pl.col("run_id") != pl.col("run_id_after")).height

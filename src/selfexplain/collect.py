@@ -50,8 +50,9 @@ from selfexplain.stats import (
     SINGLE_TOKEN_SHARE,
 )
 
-FORMAT_VERSION = 1
-"""Bumped when what collect writes changes meaning: older results are then collected again."""
+FORMAT_VERSION = 2
+"""Bumped when what collect writes changes meaning: older results are then collected again.
+2: each latent's held-out sample carries its per-token activations (fuzzing)."""
 HELDOUT_EXAMPLES_FILE = "heldout_examples.parquet"
 HELDOUT_LATENTS_FILE = "heldout_latents.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -349,12 +350,18 @@ class HeldoutSampler:
         self.store_pair_example = torch.zeros(0, dtype=torch.int64)
         self.store_pair_feature = torch.zeros(0, dtype=torch.int64)
         self.store_pair_max = torch.zeros(0, dtype=torch.float32)
+        # per-token activations of every (latent, example) pair in a latent's sample
+        self.tok_example = torch.zeros(0, dtype=torch.int64)
+        self.tok_feature = torch.zeros(0, dtype=torch.int64)
+        self.tok_position = torch.zeros(0, dtype=torch.int64)
+        self.tok_value = torch.zeros(0, dtype=torch.float32)
 
     def state(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in (
             "n_examples", "n_tokens", "fired", "best_hash", "best_example", "random_hash",
             "random_example", "store_ids", "store_tokens", "store_pair_example",
-            "store_pair_feature", "store_pair_max")}
+            "store_pair_feature", "store_pair_max", "tok_example", "tok_feature", "tok_position",
+            "tok_value")}
 
     def load(self, state: dict[str, object]) -> None:
         for name, value in state.items():
@@ -401,6 +408,14 @@ class HeldoutSampler:
         self.best_example = torch.full_like(self.best_example, -1)
         self.best_hash[kept_feat, slot] = kept_hash
         self.best_example[kept_feat, slot] = kept_example
+        # token-level activations of the pairs now sampled: old ones kept, this chunk's added
+        sampled = kept_example * self.d_sae + kept_feat
+        old = torch.isin(self.tok_example * self.d_sae + self.tok_feature, sampled)
+        new = torch.isin(example * self.d_sae + feats.long(), sampled)
+        self.tok_example = torch.cat([self.tok_example[old], example[new]])
+        self.tok_feature = torch.cat([self.tok_feature[old], feats.long()[new]])
+        self.tok_position = torch.cat([self.tok_position[old], ((rows % per) % e)[new]])
+        self.tok_value = torch.cat([self.tok_value[old], vals.float()[new]])
         # the random pool: smallest hashes overall
         pool_hash = torch.cat([self.random_hash, hashes])
         pool_example = torch.cat([self.random_example, chunk_ids])
@@ -445,20 +460,33 @@ class HeldoutSampler:
             "random": [i in pool for i in ids],
             "tokens": tokens,
             "text": [decode(t) for t in tokens],
+            "token_texts": [[decode([t]) for t in row] for row in tokens],
             "features": feats,
             "max_activations": maxes,
         }, schema={"example": pl.Int64, "hash": pl.Int64, "random": pl.Boolean,
-                   "tokens": pl.List(pl.Int64), "text": pl.String, "features": pl.List(pl.Int64),
+                   "tokens": pl.List(pl.Int64), "text": pl.String,
+                   "token_texts": pl.List(pl.String), "features": pl.List(pl.Int64),
                    "max_activations": pl.List(pl.Float32)})
         lookup = {(e, f): m for e, f, m in zip(p_ex.tolist(), p_feat, p_max)}
         samples = [[e for e in row if e >= 0] for row in self.best_example.tolist()]
+        tokens_of: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
+        order = torch.argsort(self.tok_position, stable=True)
+        for e, f, p, v in zip(self.tok_example[order].tolist(), self.tok_feature[order].tolist(),
+                              self.tok_position[order].tolist(), self.tok_value[order].tolist()):
+            entry = tokens_of.setdefault((e, f), ([], []))
+            entry[0].append(p)
+            entry[1].append(v)
         latents = pl.DataFrame({
             "feature": list(range(self.d_sae)),
             "examples": samples,
             "max_activations": [[lookup[(e, f)] for e in row] for f, row in enumerate(samples)],
+            "positions": [[tokens_of[(e, f)][0] for e in row] for f, row in enumerate(samples)],
+            "activations": [[tokens_of[(e, f)][1] for e in row] for f, row in enumerate(samples)],
             "n_fired": self.fired.tolist(),
         }, schema={"feature": pl.Int64, "examples": pl.List(pl.Int64),
-                   "max_activations": pl.List(pl.Float32), "n_fired": pl.Int64})
+                   "max_activations": pl.List(pl.Float32),
+                   "positions": pl.List(pl.List(pl.Int64)),
+                   "activations": pl.List(pl.List(pl.Float32)), "n_fired": pl.Int64})
         return examples, latents
 
 

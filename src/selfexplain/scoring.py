@@ -44,6 +44,9 @@ class HeldoutSet:
     fires: list[set[int]]  # per example row: latents firing in it
     samples: list[list[int]]  # per latent: example rows of its activating sample
     sample_maxes: list[list[float]]
+    token_texts: list[list[str]] | None = None  # per example row: its tokens as text
+    sample_positions: list[list[list[int]]] | None = None  # per latent, per sampled example:
+    # the token positions where it fires (collect format 2; None for older statistics)
 
     @classmethod
     def load(cls, folder: Path) -> "HeldoutSet":
@@ -62,7 +65,11 @@ class HeldoutSet:
                    random=examples["random"].to_list(),
                    fires=[set(f) for f in examples["features"].to_list()],
                    samples=[[row[e] for e in s] for s in latents["examples"].to_list()],
-                   sample_maxes=latents["max_activations"].to_list())
+                   sample_maxes=latents["max_activations"].to_list(),
+                   token_texts=(examples["token_texts"].to_list()
+                                if "token_texts" in examples.columns else None),
+                   sample_positions=(latents["positions"].to_list()
+                                     if "positions" in latents.columns else None))
 
     @property
     def d_sae(self) -> int:
@@ -253,7 +260,11 @@ class JudgeDetectionScorer:
         self.held, self.judge, self.seed = held, judge, seed
         self.neighbours = nearest_latents(decoder).tolist()
 
-    def _accuracy(self, label: str, positives: list[int], negatives: list[int]) -> float | None:
+    prompt = DETECTION_PROMPT
+
+    def _accuracy(self, label: str, positives: list, negatives: list) -> float | None:
+        """Balanced accuracy of the judge's votes; items are example rows (detection) or
+        (row, highlighted positions) pairs (fuzzing), rendered by `_show`."""
         import random
 
         if not positives or not negatives:
@@ -263,9 +274,9 @@ class JudgeDetectionScorer:
         truth, votes = [], []
         for start in range(0, len(items), BATCH):
             batch = items[start:start + BATCH]
-            shown = "\n".join(f"{i}. {self.held.texts[r]!r}" for i, (r, _) in enumerate(batch, 1))
+            shown = "\n".join(f"{i}. {self._show(r)!r}" for i, (r, _) in enumerate(batch, 1))
             messages = [{"role": "system", "content": DETECTION_SYSTEM},
-                        {"role": "user", "content": DETECTION_PROMPT.format(
+                        {"role": "user", "content": self.prompt.format(
                             label=label, n=len(batch), examples=shown,
                             example=", ".join("1" if i % 2 == 0 else "0" for i in range(len(batch))))}]
             parsed = parse_votes(self.judge.complete(messages, max_tokens=4 * len(batch) + 8),
@@ -275,6 +286,9 @@ class JudgeDetectionScorer:
             truth.extend(t for _, t in batch)
             votes.extend(bool(v) for v in parsed)
         return balanced_accuracy(truth, votes)
+
+    def _show(self, item) -> str:
+        return self.held.texts[item]
 
     def score(self, features: Sequence[int], labels: Sequence[str | None]) -> pl.DataFrame:
         rows = []
@@ -292,3 +306,57 @@ class JudgeDetectionScorer:
         return pl.DataFrame(rows, schema={"feature": pl.Int64, "label": pl.String,
                                           "judge_detection": pl.Float64,
                                           "judge_detection_hard": pl.Float64}, orient="row")
+
+
+FUZZING_PROMPT = (
+    "A feature of a language model is described as:\n{label}\n\n"
+    "Below are {n} text excerpts in which some tokens are marked <<like this>>. For each one, "
+    "decide whether the marked tokens are where a feature with that description would be "
+    "active.\n\n{examples}\n\n"
+    "Answer with a list of {n} numbers in order, 1 if the marking fits the description and 0 if "
+    "not, e.g. [{example}], and nothing else."
+)
+
+
+class JudgeFuzzingScorer(JudgeDetectionScorer):
+    """delphi's fuzzing: activating examples with the tokens where the latent fires marked
+    (right) vs activating examples with as many other tokens marked and random examples with
+    random tokens marked (wrong); balanced accuracy of the judge's votes."""
+
+    prompt = FUZZING_PROMPT
+
+    def _show(self, item) -> str:
+        row, marked = item
+        tokens = self.held.token_texts[row]
+        return "".join(f"{t[:len(t) - len(t.lstrip())]}<<{t.lstrip()}>>" if i in marked else t
+                       for i, t in enumerate(tokens))  # a leading space stays outside the mark
+
+    def score(self, features: Sequence[int], labels: Sequence[str | None]) -> pl.DataFrame:
+        import random
+
+        if self.held.token_texts is None or self.held.sample_positions is None:
+            raise InputError("these statistics predate per-token held-out activations: collect "
+                             "them again (`selfexplain collect --force`) to score fuzzing")
+        rows = []
+        for feature, label in zip(features, labels):
+            f = int(feature)
+            sample = self.held.samples[f]
+            positions = dict(zip(sample, self.held.sample_positions[f]))
+            right_rows = decile_sample(sample, self.held.sample_maxes[f])
+            rng = random.Random(self.seed * 7919 + f)
+            right = [(r, set(positions[r])) for r in right_rows]
+            wrong = []
+            for r in [r for r in sample if r not in set(right_rows)][:len(right) // 2]:
+                others = [i for i in range(len(self.held.token_texts[r])) if i not in positions[r]]
+                k = min(len(positions[r]), len(others))
+                if k:
+                    wrong.append((r, set(rng.sample(others, k))))
+            pool = [i for i, flag in enumerate(self.held.random)
+                    if flag and f not in self.held.fires[i]]
+            for r in pool[:len(right) - len(wrong)]:
+                n_tokens = len(self.held.token_texts[r])
+                wrong.append((r, set(rng.sample(range(n_tokens), min(2, n_tokens)))))
+            accuracy = self._accuracy(label, right, wrong) if label and label.strip() else None
+            rows.append(dict(feature=f, label=label, judge_fuzzing=accuracy))
+        return pl.DataFrame(rows, schema={"feature": pl.Int64, "label": pl.String,
+                                          "judge_fuzzing": pl.Float64}, orient="row")

@@ -146,3 +146,38 @@ def test_carried_labels_are_scored_on_the_new_saes_held_out_text(tmp_path, tiny_
     assert both.height >= carried.height // 2 and both["detection_auroc"].is_not_null().all()
     assert v1_scores == 0
     assert by_run["n"][0] == by_run["k"][0]  # one score per label, stored once
+
+
+def test_the_better_scored_of_two_labels_is_current(tmp_path, tiny_model_dir, tiny_lm, fast):
+    """Carried labels, then fresh ones for the same matched features (--matched relabel): where a
+    feature has both scored, the one that detects better on held-out text is current; both stay
+    in the history."""
+    from tests.unit.test_collect import make_corpus, sparsify
+
+    v1, v2, truth = two_versions(tmp_path, tiny_lm.d_model)
+    sparsify(v2, tiny_lm, silent=0.97)
+    warehouse = str(tmp_path / "w.duckdb")
+    common = dict(model=tiny_model_dir, features="0-15", shard_size=8, scales="0:2:3",
+                  samples=1, overrides=fast, warehouse=warehouse,
+                  corpus=str(make_corpus(tmp_path / "corpus")), collect_tokens=1500)
+    relabel(RelabelRequest(sae=str(v1), collect=False, **common))
+    relabel(RelabelRequest(sae=str(v2), carry_over=True, matched="relabel", **common))
+    with open_reader(warehouse) as wh:
+        scored = wh.query(
+            "SELECT l.feature, l.run_id, l.labelled_at, s.detection_auroc FROM label AS l "
+            "JOIN label_score AS s USING (release, sae_id, feature, run_id) "
+            "WHERE l.sae_id = 'v2' AND s.detection_auroc IS NOT NULL AND l.label IS NOT NULL")
+        current = dict(wh.query("SELECT feature, run_id FROM label_current WHERE sae_id = 'v2'")
+                       .iter_rows())
+        history = wh.query("SELECT feature, count(*) AS n FROM label WHERE sae_id = 'v2' "
+                           "GROUP BY feature")
+    twice = scored.group_by("feature").agg(pl.len().alias("n")).filter(pl.col("n") >= 2)
+    assert twice.height >= 3  # matched features: a carried and a fresh scored label each
+    kept_older = 0
+    for feature in twice["feature"].to_list():
+        rows = scored.filter(pl.col("feature") == feature).sort(
+            ["detection_auroc", "labelled_at", "run_id"], descending=True)
+        assert current[feature] == rows["run_id"][0], feature
+        kept_older += rows["labelled_at"][0] < rows["labelled_at"].max()
+    assert kept_older >= 1  # the latest label did not simply win: the score decided
+    assert history.filter(pl.col("feature").is_in(twice["feature"]))["n"].min() >= 2

@@ -137,6 +137,12 @@ def test_heldout_sample_is_the_exact_bottom_k(tiny_lm, tmp_path):
         assert latents["examples"][f].to_list() == want
         np.testing.assert_allclose(latents["max_activations"][f].to_numpy(),
                                    maxes[want, f].numpy(), rtol=1e-6)
+        for j, ex in enumerate(want):  # per-token activations of each sampled example
+            rows_of = torch.nonzero(example == ex).flatten()
+            active = [(int((r % per) % e), float(codes[r, f])) for r in rows_of if codes[r, f] > 0]
+            assert latents["positions"][f][j].to_list() == [p for p, _ in active]
+            np.testing.assert_allclose(latents["activations"][f][j].to_list(),
+                                       [v for _, v in active], rtol=1e-6)
     pool = sorted(range(n_examples), key=lambda i: (int(hashes[i]), i))[:CONFIG.random_examples]
     assert sorted(examples.filter(pl.col("random"))["example"].to_list()) == sorted(pool)
     # every stored example knows every latent firing in it (exact negatives)

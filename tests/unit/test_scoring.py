@@ -23,16 +23,29 @@ MONEY = ["the bank raised interest rates", "shares fell on the stock market",
          "investors sold their bonds"]
 
 
+KEYWORDS = {"animals": {"cat", "dog", "horse", "cow", "kitten", "owl"},
+            "weather": {"rain", "storm", "snow", "sunny", "thunder", "fog"}}
+
+
 def planted() -> tuple[HeldoutSet, torch.Tensor]:
     """Latent 0 fires on animal texts, latent 1 on weather, latent 2 on money; latents 0 and 3
     share a decoder direction and 3 fires on the weather texts too (0's nearest neighbour)."""
     texts = ANIMALS + WEATHER + MONEY
     groups = {0: range(0, 6), 1: range(6, 12), 2: range(12, 18), 3: range(6, 12)}
     fires = [{f for f, rows in groups.items() if i in rows} for i in range(len(texts))]
+    tokens = [[(" " if i else "") + w for i, w in enumerate(t.split())] for t in texts]
+    topic = {0: "animals", 1: "weather", 2: "money", 3: "weather"}
+
+    def where(f: int, row: int) -> list[int]:  # the latent fires on its topic's keywords
+        hits = [i for i, t in enumerate(tokens[row]) if t.strip() in KEYWORDS.get(topic[f], ())]
+        return hits or [0]
+
     held = HeldoutSet(example_ids=list(range(len(texts))), texts=texts,
                       random=[True] * len(texts), fires=fires,
                       samples=[list(groups[f]) for f in range(4)],
-                      sample_maxes=[[1.0] * 6 for _ in range(4)])
+                      sample_maxes=[[1.0 + 0.1 * i for i in range(6)] for _ in range(4)],
+                      token_texts=tokens,
+                      sample_positions=[[where(f, r) for r in groups[f]] for f in range(4)])
     decoder = torch.eye(4, 8)
     decoder[3] = decoder[0] + 0.1 * torch.eye(4, 8)[1]
     return held, decoder
@@ -84,10 +97,6 @@ def test_right_label_scores_high_and_an_unrelated_one_near_chance(embedder, tmp_
     assert scorer.score([0], [None])["detection_auroc"][0] is None
 
 
-KEYWORDS = {"animals": {"cat", "dog", "horse", "cow", "kitten", "owl"},
-            "weather": {"rain", "storm", "snow", "sunny", "thunder", "fog"}}
-
-
 class _KeywordJudge(BaseHTTPRequestHandler):
     """A chat-completions server that votes 1 for an excerpt holding a keyword of the label."""
 
@@ -100,8 +109,11 @@ class _KeywordJudge(BaseHTTPRequestHandler):
         label = prompt.split("described as:\n")[1].split("\n")[0]
         words = KEYWORDS.get(label, set())
         lines = [line for line in prompt.splitlines() if re.match(r"^\d+\. ", line)]
-        votes = [int(any(w in line.lower().split() or w + "'" in line.lower() for w in words)
-                     or any(w in line.lower() for w in words)) for line in lines]
+        if "marked <<like this>>" in prompt:  # fuzzing: does a marked token name the topic?
+            votes = [int(any(m.strip().lower() in words for m in re.findall(r"<<(.*?)>>", line)))
+                     for line in lines]
+        else:  # detection: does the excerpt mention the topic?
+            votes = [int(any(w in line.lower() for w in words)) for line in lines]
         data = json.dumps({"choices": [{"message": {"content": str(votes)}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -138,3 +150,25 @@ def test_judge_detection_against_a_fake_endpoint():
     assert scores["judge_detection"][2] == pytest.approx(0.2)
     assert scores["judge_detection_hard"][0] == 1.0
     assert _KeywordJudge.requests == first and again["judge_detection"][0] == 1.0  # cached
+
+
+
+def test_judge_fuzzing_against_a_fake_endpoint():
+    from selfexplain.evaluation.judge import Judge, JudgeEndpoint
+    from selfexplain.scoring import JudgeFuzzingScorer
+
+    server = HTTPServer(("127.0.0.1", 0), _KeywordJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        held, decoder = planted()
+        judge = Judge(JudgeEndpoint(f"http://127.0.0.1:{server.server_address[1]}/v1", "fake"))
+        scorer = JudgeFuzzingScorer(held, decoder, judge)
+        shown = scorer._show((0, {1}))
+        scores = scorer.score([0, 1, 0], ["animals", "weather", "weather"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert shown == "the <<cat>> chased a mouse"
+    right, wrong_label = scores["judge_fuzzing"].to_list()[:2], scores["judge_fuzzing"][2]
+    assert right == [1.0, 1.0]  # the marked tokens are the topic's words, the others are not
+    assert wrong_label <= 0.5  # another latent's label: no better than chance

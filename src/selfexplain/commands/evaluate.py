@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sae", default="default", help="for --suite real/all")
     parser.add_argument("--judge-detection", action="store_true",
                         help="real suite: also score every label with the LLM judge (delphi's "
-                        "detection: balanced accuracy on held-out examples; needs "
+                        "detection and fuzzing: balanced accuracy on held-out examples; needs "
                         "SELFEXPLAIN_JUDGE_URL)")
     parser.add_argument("--references", help="reference labels (Neuronpedia JSON/JSONL or CSV) "
                         "to import and, with a judge endpoint configured, to judge against")
@@ -210,22 +210,26 @@ def judge_cache(warehouse: str | None, out_dir: str | None):
 
 
 def judge_detection(output, sae, endpoint, cache=None):
-    """delphi's detection scorer: the judge tells activating from non-activating held-out
-    examples given each method's label; balanced accuracy vs random and hard negatives."""
+    """delphi's detection and fuzzing scorers: the judge tells activating from non-activating
+    held-out examples (random and hard negatives), and rightly from wrongly marked tokens, given
+    each method's label; balanced accuracy."""
     import polars as pl
 
     from selfexplain.evaluation import judge as judge_mod
     from selfexplain.evaluation.stats import summarise_mean
-    from selfexplain.scoring import HeldoutSet, JudgeDetectionScorer
+    from selfexplain.scoring import HeldoutSet, JudgeDetectionScorer, JudgeFuzzingScorer
 
-    scorer = JudgeDetectionScorer(HeldoutSet.load(sae.stats_dir), sae.decoder,
-                                  judge_mod.Judge(endpoint, cache))
+    held, judge = HeldoutSet.load(sae.stats_dir), judge_mod.Judge(endpoint, cache)
     items = output.items["real"]
-    scores = scorer.score(items["feature"].to_list(), items["label"].to_list())
-    output.items["real"] = items.with_columns(scores["judge_detection"],
-                                              scores["judge_detection_hard"])
-    return summarise_mean(output.items["real"], ("judge_detection", "judge_detection_hard"),
-                          suite="heldout_judge_detection")
+    features, labels = items["feature"].to_list(), items["label"].to_list()
+    detection = JudgeDetectionScorer(held, sae.decoder, judge).score(features, labels)
+    columns = [detection["judge_detection"], detection["judge_detection_hard"]]
+    if held.sample_positions is not None:  # statistics of collect format 2 and later
+        columns.append(JudgeFuzzingScorer(held, sae.decoder, judge).score(
+            features, labels)["judge_fuzzing"])
+    output.items["real"] = items.with_columns(columns)
+    return summarise_mean(output.items["real"], [c.name for c in columns],
+                          suite="heldout_judge")
 
 
 def judge_real(output, references, endpoint, cache=None):

@@ -487,7 +487,7 @@ _ITEM_METRICS = {
     "scale_selection": ("top3_exact", "top3_near", "best_scale"),
     "real": ("recovered_exact", "label_names_token", "sim_own", "sim_other", "failed",
              "max_selfsim", "max_roundtrip", "detection_auroc", "detection_auroc_hard",
-             "judge_detection", "judge_detection_hard"),
+             "judge_detection", "judge_detection_hard", "judge_fuzzing"),
     "planted_embedding": ("sim_own", "sim_other"),
     "judge": ("judge_match",),
 }
