@@ -166,11 +166,11 @@ def _preview(warehouse: str, summary: dict) -> None:
 
     with open_reader(warehouse) as wh:
         labels = wh.query(
-            "SELECT feature, left(regexp_replace(label, '\\s+', ' ', 'g'), 60) AS label, "
-            "left(regexp_replace(recovered_token, '\\s+', ' ', 'g'), 24) AS recovered_token, "
+            "SELECT feature, left(regexp_replace(label, '\\s+', ' ', 'g'), 28) AS label, "
+            "left(regexp_replace(recovered_token, '\\s+', ' ', 'g'), 16) AS recovered_token, "
             "round(scale, 1) AS scale, round(max_roundtrip, 3) AS round_trip, failed, "
             "round(detection_auroc, 2) AS detect, round(detection_auroc_hard, 2) AS detect_hard, "
-            "left(array_to_string(list_transform(top_tokens[1:4], lambda t: trim(t)), ' | '), 40) "
+            "left(array_to_string(list_transform(top_tokens[1:4], lambda t: trim(t)), ' | '), 32) "
             "AS fires_on FROM v_feature_labels "
             "WHERE release = ? AND sae_id = ? ORDER BY feature",
             [summary["release"], summary["sae_id"]])
@@ -178,8 +178,8 @@ def _preview(warehouse: str, summary: dict) -> None:
             "SELECT feature, failure_reason FROM v_feature_labels WHERE release = ? "
             "AND sae_id = ? AND skipped AND run_id = ? ORDER BY feature",
             [summary["release"], summary["sae_id"], summary["run_id"]])
-    with pl.Config(tbl_rows=20, fmt_str_lengths=60, tbl_hide_dataframe_shape=True,
-                   tbl_hide_column_data_types=True):
+    with pl.Config(tbl_rows=20, tbl_cols=-1, fmt_str_lengths=32, tbl_width_chars=160,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(labels)
     for feature, reason in skipped.iter_rows():
         print(f"skipped feature {feature}: {reason}")
