@@ -26,6 +26,7 @@ from selfexplain.carryover import (
 )
 from selfexplain.errors import SelfExplainError
 from selfexplain.saes import DEFAULT_SAE
+from selfexplain.runlock import writer_lock
 from selfexplain.warehouse import Warehouse, conform, utc_now
 from tasks.request import SaeInfo
 from tasks.retry import retry_transient
@@ -158,7 +159,7 @@ def carry_over_labels(warehouse: str, sae: SaeInfo, threshold: float, k: int = 3
         return CarryOver(sources=[], matched=[], carried=[], skipped_sources=skipped)
     match_rows = pl.concat(frames)
     best = best_sources(match_rows)
-    with _WRITER, Warehouse(warehouse, wait_s=10) as wh:
+    with _WRITER, writer_lock(warehouse), Warehouse(warehouse, wait_s=10) as wh:
         source_labels = pl.concat([
             wh.query(FRESH_LABELS_SQL, [s.release, s.sae_id]).select(SOURCE_LABEL_COLUMNS)
             for s in found])

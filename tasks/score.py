@@ -70,10 +70,11 @@ def score_carried(warehouse: str, spec: str, release: str, sae_id: str) -> int:
 def best_scored_current(warehouse: str, release: str, sae_id: str) -> int:
     """Make the best-scored label of each feature current where it has several scored labels
     (sql/updates/label_current_best_scored.sql); returns how many features changed label."""
+    from selfexplain.runlock import writer_lock
     from selfexplain.warehouse import Warehouse
     from tasks.store import _WRITER
 
-    with _WRITER, Warehouse(warehouse, wait_s=10) as wh:
+    with _WRITER, writer_lock(warehouse), Warehouse(warehouse, wait_s=10) as wh:
         before = wh.query("SELECT feature, run_id FROM label_current WHERE release = ? AND "
                           "sae_id = ?", [release, sae_id])
         wh.execute((wh.sql_dir / "updates" / "label_current_best_scored.sql").read_text(),

@@ -14,6 +14,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from selfexplain.runlock import write_locked
 from selfexplain.warehouse import Warehouse
 from tasks.retry import retry_transient
 
@@ -34,8 +35,8 @@ def ordered(frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
       retry_condition_fn=retry_transient)
 def write_rows(warehouse: str, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
     """Upsert frames (table -> rows) in one transaction; returns rows written per table."""
-    with _WRITER, Warehouse(warehouse, wait_s=10) as wh:
-        return wh.write(ordered(frames))
+    with _WRITER:
+        return write_locked(warehouse, ordered(frames))
 
 
 @task(name="stored-features", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15],
@@ -104,8 +105,8 @@ def read_parquet_folder(folder: Path) -> dict[str, pl.DataFrame]:
 def merge_folder(warehouse: str, folder: str) -> dict[str, int]:
     """Upsert one Parquet folder (a shard or a run row) in one transaction."""
     frames = read_parquet_folder(Path(folder))
-    with _WRITER, Warehouse(warehouse, wait_s=10) as wh:
-        return wh.write(frames)
+    with _WRITER:
+        return write_locked(warehouse, frames)
 
 
 @task(name="read-labels", cache_policy=NO_CACHE, persist_result=False, retries=3,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from selfexplain.errors import InputError
 from selfexplain.models import DEFAULT_MODEL_ID
 from selfexplain.saes import folder_sae_id, installed_registry_path
+from selfexplain.runlock import writer_lock
 from selfexplain.warehouse import Warehouse, frame, utc_now
 from tasks.retry import retry_transient
 from tasks.store import _WRITER
@@ -258,7 +259,7 @@ def change_frames(diff: SaeDiff, entries: list[SaeEntry], matched: set[tuple[str
       retry_condition_fn=retry_transient)
 def record_changes(warehouse: str, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
     """Write one source's diff in one transaction (registry entries only for a new snapshot)."""
-    with _WRITER, Warehouse(warehouse, wait_s=10) as wh:
+    with _WRITER, writer_lock(warehouse), Warehouse(warehouse, wait_s=10) as wh:
         if "registry_entry" in frames:
             sha = frames["registry_snapshot"]["snapshot_sha"][0]
             stored = wh.query("SELECT count(*) AS n FROM registry_entry WHERE snapshot_sha = ?",

@@ -1,4 +1,5 @@
-"""One writing run per warehouse (relabel, merge): a lock file next to it, held for the whole run.
+"""One writer per warehouse: a lock file next to it, held for a whole relabel or merge run and
+for every other write (`write_locked`: evaluate, watch, import, diff, carry-over).
 
 Each write opens the DuckDB file for a moment only (readers get in between), so DuckDB's own file
 lock cannot keep two runs apart: they would interleave, redo each other's shards and mark each
@@ -27,6 +28,15 @@ def lock_path(path: str | Path) -> Path:
 
 _HELD: dict[str, list[int]] = {}
 """Lock files this process holds: resolved path -> [fd, depth] (the lock is re-entrant)."""
+
+
+def write_locked(path: str | Path, frames, *, wait_s: float = 0.0) -> dict[str, int]:
+    """The one writer path: hold the warehouse's run lock (re-entrant: a run that holds it
+    writes through), then upsert `frames` (table -> rows) in one transaction."""
+    from selfexplain.warehouse import Warehouse
+
+    with writer_lock(path, wait_s=wait_s), Warehouse(path, wait_s=10) as wh:
+        return wh.write(frames)
 
 
 @contextmanager

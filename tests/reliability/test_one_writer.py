@@ -146,3 +146,51 @@ def test_a_second_writer_of_the_duckdb_file_gets_the_pid(held):
     path, proc = held
     with pytest.raises(WarehouseError, match=f"in use by PID {proc.pid}"):
         Warehouse(path)
+
+
+def test_every_writer_waits_or_says_in_one_line_that_another_holds_the_warehouse(
+        tmp_path, capsys):
+    """While another process holds the warehouse (a relabel run), import and the watch and
+    scoring writers refuse in one line naming its PID, evaluate's writer waits for it, and once
+    it is released every write lands: no row lost."""
+    import threading
+
+
+    from selfexplain.runlock import write_locked
+    from selfexplain.warehouse import frame, utc_now
+    from tasks.score import best_scored_current
+    from tasks.watch import record_changes
+
+    warehouse = tmp_path / "w.duckdb"
+    Warehouse(warehouse).close()
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text('{"index": "0", "description": "cats"}\n{"index": "1", "description": "dogs"}\n')
+    proc = subprocess.Popen([sys.executable, "-c", LOCK, str(warehouse)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    now = utc_now()
+    sae_row = {"sae": frame("sae", [dict(release="r", sae_id="s", source="local", d_sae=4,
+                                         d_model=8, first_seen=now, last_seen=now)])}
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        imported = ["import", "--reference", str(refs), "--release", "r", "--sae-id", "s",
+                    "--warehouse", str(warehouse)]
+        assert main(imported) == 2
+        assert f"is in use by PID {proc.pid}" in one_error_line(capsys.readouterr().err)
+        for write in (lambda: record_changes.fn(str(warehouse), sae_row),
+                      lambda: best_scored_current.fn(str(warehouse), "r", "s")):
+            with pytest.raises(WarehouseInUse, match=f"in use by PID {proc.pid}"):
+                write()
+        # evaluate's writer waits: the holder lets go after a second, then its rows land
+        threading.Timer(1.0, proc.stdin.close).start()
+        began = time.monotonic()
+        assert write_locked(warehouse, sae_row, wait_s=60) == {"sae": 1}
+        assert time.monotonic() - began >= 0.9
+    finally:
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        proc.wait(timeout=30)
+    assert main(imported) == 0
+    assert record_changes.fn(str(warehouse), sae_row) == {"sae": 1}
+    with Warehouse(warehouse, read_only=True) as wh:
+        assert wh.query("SELECT count(*) AS n FROM reference_label")["n"][0] == 2
+        assert wh.query("SELECT count(*) AS n FROM sae")["n"][0] == 1

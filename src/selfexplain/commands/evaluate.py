@@ -165,8 +165,6 @@ def run(args: argparse.Namespace) -> int:
             frame.write_parquet(f"{args.out}/items_{name}.parquet")
         log(f"report written to {path}")
     if args.warehouse:
-        from selfexplain.warehouse import Warehouse
-
         eval_id = f"eval-{int(time.time())}-{request.suite}-{request.split}"
         frames = {
             "eval_result": eval_result_rows(
@@ -178,8 +176,10 @@ def run(args: argparse.Namespace) -> int:
             frames["reference_label"] = references
         if cache is not None:  # the judge's new answers: a rerun asks nothing again
             frames["judge_response"] = cache.new_rows()
-        with Warehouse(args.warehouse) as warehouse:
-            counts = warehouse.write(frames)
+        from selfexplain.runlock import write_locked
+
+        # a relabel holding the warehouse: wait up to 10 minutes rather than lose this run
+        counts = write_locked(args.warehouse, frames, wait_s=600)
         log(f"warehouse {args.warehouse}: {counts} (eval_id {eval_id})")
     return 0
 
@@ -213,8 +213,6 @@ def judge_detection(output, sae, endpoint, cache=None):
     """delphi's detection and fuzzing scorers: the judge tells activating from non-activating
     held-out examples (random and hard negatives), and rightly from wrongly marked tokens, given
     each method's label; balanced accuracy."""
-    import polars as pl
-
     from selfexplain.evaluation import judge as judge_mod
     from selfexplain.evaluation.stats import summarise_mean
     from selfexplain.scoring import HeldoutSet, JudgeDetectionScorer, JudgeFuzzingScorer

@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         if not (args.release and args.sae_id):
             raise InputError("--reference needs --release and --sae-id (the SAE the labels are for)")
         rows = reference_frame(Path(args.reference), args.source, args.release, args.sae_id)
-    with Warehouse(args.warehouse, wait_s=5) as wh:
+    from selfexplain.runlock import writer_lock
+
+    with writer_lock(args.warehouse), Warehouse(args.warehouse, wait_s=5) as wh:
         if args.backup:
             counts = restore(wh, Path(args.backup))
             print(f"restored {sum(counts.values())} rows in {len(counts)} tables into "
