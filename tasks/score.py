@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -18,11 +16,11 @@ def score_labels(spec: str, release: str, sae_id: str, run_id: str, features: li
     """`label_score` rows (embedding detection AUROC, random and hard negatives) for these
     labels of run `run_id`; None when the SAE has no held-out examples (`collect` makes them)."""
     from selfexplain.scoring import scorer_for
-    from selfexplain.statstore import HELDOUT_LATENTS_FILE
+    from selfexplain.statstore import heldout_dir
 
     sae = cached_sae(spec)
     log = get_run_logger()
-    if sae.stats_dir is None or not Path(sae.stats_dir, HELDOUT_LATENTS_FILE).is_file():
+    if heldout_dir(sae) is None:
         log.info(f"no held-out examples for {release}/{sae_id}: labels left unscored "
                  "(`selfexplain collect` keeps them)")
         return None

@@ -117,12 +117,13 @@ def detection_set(held: HeldoutSet, feature: int, neighbours: Sequence[int], *,
 
 
 def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
-    """P(positive > negative), ties half; None when either side is empty."""
+    """`evaluation.stats.auroc` (ties half), None instead of NaN when either side is empty: a
+    missing score is stored as NULL."""
+    from selfexplain.evaluation.stats import auroc as mann_whitney
+
     if not positives or not negatives:
         return None
-    pos = torch.tensor(positives, dtype=torch.float64)[:, None]
-    neg = torch.tensor(negatives, dtype=torch.float64)[None, :]
-    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
+    return mann_whitney(positives, negatives)
 
 
 class EmbeddingScorer:

@@ -23,13 +23,10 @@ from pathlib import Path
 import polars as pl
 from torch import Tensor
 
+from selfexplain.collect import HELDOUT_EXAMPLES_FILE, HELDOUT_LATENTS_FILE, MANIFEST_FILE
 from selfexplain.errors import InputError
 from selfexplain.saes import TYPICAL_INPUTS_FILE, SaeDirections, read_typical_inputs
 from selfexplain.stats import STATS_FILE
-
-MANIFEST_FILE = "manifest.json"
-HELDOUT_EXAMPLES_FILE = "heldout_examples.parquet"
-HELDOUT_LATENTS_FILE = "heldout_latents.parquet"
 
 
 def stats_root() -> Path:
@@ -61,10 +58,6 @@ class StatsLocation:
     kind: str  # "shipped" (beside the SAE) or "collected"
     manifest: dict
 
-    @property
-    def has_heldout(self) -> bool:
-        return (self.folder / HELDOUT_LATENTS_FILE).is_file() and (
-            self.folder / HELDOUT_EXAMPLES_FILE).is_file()
 
 
 def find_stats(sae: SaeDirections, folder: Path | None = None) -> StatsLocation | None:
@@ -89,6 +82,15 @@ def _read_manifest(folder: Path) -> dict:
         return json.loads((folder / MANIFEST_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def heldout_dir(sae: SaeDirections) -> Path | None:
+    """The statistics folder of `sae` when it holds collect's held-out examples, else None."""
+    if sae.stats_dir is None:
+        return None
+    folder = Path(sae.stats_dir)
+    has = all((folder / n).is_file() for n in (HELDOUT_EXAMPLES_FILE, HELDOUT_LATENTS_FILE))
+    return folder if has else None
 
 
 def attach_statistics(sae: SaeDirections, folder: Path | None = None) -> SaeDirections:

@@ -447,9 +447,9 @@ def heldout_detection(items: pl.DataFrame, sae, embedder, seed: int, log: Log) -
     """`items` with every label's held-out detection AUROC (random and hard negatives) and the
     control rows; unchanged when the SAE's statistics hold no held-out examples."""
     from selfexplain.scoring import scorer_for
-    from selfexplain.statstore import HELDOUT_LATENTS_FILE
+    from selfexplain.statstore import heldout_dir
 
-    if sae.stats_dir is None or not (Path(sae.stats_dir) / HELDOUT_LATENTS_FILE).is_file():
+    if heldout_dir(sae) is None:
         log("real: no held-out examples for this SAE (selfexplain collect keeps them): "
             "held-out detection not scored")
         return items
