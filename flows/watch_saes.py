@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from flows.relabel import relabel
+from selfexplain.locations import DEFAULT_WAREHOUSE
 from tasks.request import RelabelRequest
 from tasks.watch import (
     EVENT_ADDED,
@@ -34,7 +35,7 @@ Start = Literal["subflow", "deployment", "event", "none"]
 
 
 @flow(name="watch-saes", log_prints=True)
-def watch_saes(warehouse: str = "warehouse.duckdb", inbox: str = "inbox",
+def watch_saes(warehouse: str = DEFAULT_WAREHOUSE, inbox: str = "inbox",
                registry: str | None = None, filter: WatchFilter | None = None,
                start: Start = "subflow", deployment: str = "relabel/relabel",
                use_registry: bool = True) -> dict[str, object]:

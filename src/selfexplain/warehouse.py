@@ -29,10 +29,8 @@ import duckdb
 import polars as pl
 
 from selfexplain.errors import WarehouseError
+from selfexplain.locations import DEFAULT_WAREHOUSE, MEMORY  # noqa: F401 (re-exported)
 from selfexplain.results import FeatureExplanation, SkippedFeature
-
-DEFAULT_WAREHOUSE = "warehouse.duckdb"
-MEMORY = ":memory:"
 
 
 def default_sql_dir() -> Path:

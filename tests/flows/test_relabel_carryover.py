@@ -11,7 +11,7 @@ import torch
 
 import tasks.explain
 from flows.relabel import relabel
-from selfexplain.cli import main
+from cli.cli import main
 from selfexplain.warehouse import Warehouse, open_reader
 from tasks.request import RelabelRequest
 from tests.conftest import write_sae_folder

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rel_common import D_MODEL, D_SAE, relabel_args, write_raw_sae
-from selfexplain.cli import main
+from cli.cli import main
 
 
 @pytest.fixture(scope="session")

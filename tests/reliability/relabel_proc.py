@@ -2,7 +2,7 @@
 
 Each run is a process forked from a forkserver that imported selfexplain, Prefect, torch and
 transformers once (`multiprocessing` forkserver preload), so a run costs seconds, not the ~10 s of
-imports a fresh interpreter pays. The child calls `selfexplain.cli.main` (what the `selfexplain`
+imports a fresh interpreter pays. The child calls `cli.cli.main` (what the `selfexplain`
 script runs) with its stdout and stderr in a log file, and exits with the command's status. It
 talks to the session's Prefect test server (PREFECT_API_URL in the forkserver's environment).
 
@@ -30,8 +30,8 @@ import transformers.models.auto.tokenization_auto  # noqa: E402,F401
 import transformers.models.llama.modeling_llama  # noqa: E402,F401
 
 import flows.relabel  # noqa: E402,F401
-import selfexplain.cli  # noqa: E402
-import selfexplain.commands.relabel  # noqa: E402,F401
+import cli.cli  # noqa: E402
+import cli.relabel  # noqa: E402,F401
 import selfexplain.explain  # noqa: E402,F401
 import tasks.explain  # noqa: E402,F401
 from selfexplain.warehouse import Warehouse  # noqa: E402
@@ -83,7 +83,7 @@ def run_cli(argv: list[str], log: str, fault: str | None = None) -> None:
         _kill_in_write(int(arg))
     code = 1
     try:
-        code = selfexplain.cli.main(argv)
+        code = cli.cli.main(argv)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from selfexplain.cli import main
+from cli.cli import main
 from selfexplain.errors import WarehouseError
 from selfexplain.warehouse import MEMORY, Warehouse, backup, default_sql_dir, frame, restore
 from tests.sql.conftest import make_results

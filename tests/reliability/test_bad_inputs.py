@@ -16,7 +16,7 @@ import torch
 
 from rel_common import (D_MODEL, D_SAE, all_rows, assert_same_rows, one_error_line, relabel_args,
                         sha256, write_raw_sae)
-from selfexplain.cli import main
+from cli.cli import main
 from tests.conftest import write_sae_folder
 
 

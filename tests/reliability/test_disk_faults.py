@@ -16,7 +16,7 @@ import pytest
 import selfexplain.runlock
 import selfexplain.warehouse
 from rel_common import all_rows, assert_same_rows, contents, one_error_line, relabel_args
-from selfexplain.cli import main
+from cli.cli import main
 from selfexplain.warehouse import Warehouse, snapshot_path
 
 REAL_CONNECT = duckdb.connect

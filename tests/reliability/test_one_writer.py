@@ -13,7 +13,7 @@ import pytest
 
 import relabel_proc
 from rel_common import all_rows, assert_same_rows, contents, one_error_line, relabel_args
-from selfexplain.cli import main
+from cli.cli import main
 from selfexplain.errors import WarehouseError
 from selfexplain.runlock import lock_path, writer_lock
 from selfexplain.warehouse import Warehouse, WarehouseInUse, snapshot_path
@@ -54,8 +54,8 @@ def test_second_relabel_fails_with_the_pid_and_the_first_finishes_intact(
                         "or merge run): wait for it to finish, or pass another --warehouse path")
         # The flow itself (a deployment run, no CLI in front): the same refusal.
         from flows.relabel import relabel
-        from selfexplain.commands.relabel import build_request
-        from selfexplain.cli import build_parser
+        from cli.relabel import build_request
+        from cli.cli import build_parser
 
         request = build_request(build_parser().parse_args(argv))
         with pytest.raises(WarehouseInUse, match=f"in use by PID {first.pid}"):

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from selfexplain.cli import main
+from cli.cli import main
 from selfexplain.config import ExplainConfig
 from selfexplain.explain import SelfExplainer
 from selfexplain.models import DEFAULT_MODEL_ID, load_model

@@ -8,7 +8,7 @@ import json
 import polars as pl
 import pytest
 
-from selfexplain.cli import main
+from cli.cli import main
 from selfexplain.warehouse import Warehouse, feature_rows, frame
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)

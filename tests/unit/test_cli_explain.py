@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from selfexplain.cli import main
+from cli.cli import main
 
 
 @pytest.fixture(scope="module")

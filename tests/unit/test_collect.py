@@ -280,7 +280,7 @@ def test_corpus_sources_split_by_document(tmp_path, tiny_lm):
 
 
 def test_cli_collect_then_reuse_and_bad_input(tiny_lm, tiny_model_dir, tmp_path, capsys):
-    from selfexplain.cli import main
+    from cli.cli import main
 
     sae_dir = sparse_sae(tmp_path / "sae", tiny_lm)
     corpus = make_corpus(tmp_path / "corpus")

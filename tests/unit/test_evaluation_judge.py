@@ -100,7 +100,7 @@ def test_judge_against_fake_server(fake_server, tmp_path) -> None:
 def test_second_run_with_the_same_warehouse_asks_nothing(fake_server, tmp_path) -> None:
     """Run 1 reads the (empty) warehouse, asks the server, and hands its new answers to the
     writer; run 2 starts from the stored rows and sends zero requests."""
-    from selfexplain.commands.evaluate import judge_cache
+    from cli.evaluate import judge_cache
     from selfexplain.warehouse import Warehouse
 
     endpoint = judge_mod.JudgeEndpoint(fake_server, "judge-model")

@@ -55,8 +55,8 @@ def test_planted_suite_on_tiny_model(tiny_output) -> None:
 
 
 def test_cli_parses_and_validates() -> None:
-    from selfexplain.cli import build_parser
-    from selfexplain.commands.evaluate import request_from_args
+    from cli.cli import build_parser
+    from cli.evaluate import request_from_args
     from selfexplain.errors import InputError
 
     args = build_parser().parse_args(["evaluate", "--limit", "5", "--rerank", "none"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import build_tiny_model, build_tiny_tokenizer
-from selfexplain.cli import main as cli_main
+from cli.cli import main as cli_main
 from selfexplain.errors import InputError
 from selfexplain.stats import (
     SCHEMA,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from selfexplain.cli import main
+from cli.cli import main
 from selfexplain.errors import InputError
 from selfexplain.forward import residual_entering
 from selfexplain.vectors import (

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import build_tiny_model
-from selfexplain.cli import main as cli_main
+from cli.cli import main as cli_main
 from selfexplain.corpus import clean_wikitext, corpus_files, read_documents, token_chunks
 from selfexplain.errors import InputError, SelfExplainError
 from selfexplain.train_sae import TrainSaeConfig, collect_activations, encode, train_sae

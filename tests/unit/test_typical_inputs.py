@@ -8,7 +8,7 @@ import hashlib
 import pytest
 import torch
 
-from selfexplain.cli import main
+from cli.cli import main
 from selfexplain.config import ExplainConfig
 from selfexplain.errors import InputError, SaeLoadError
 from selfexplain.explain import SelfExplainer, explain_sae_features

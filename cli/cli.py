@@ -1,6 +1,6 @@
-"""`selfexplain` command line. Each subcommand lives in `selfexplain/commands/<name>.py` and
-exposes `register(subparsers)`; this module discovers them, parses, and turns our errors into one
-line on stderr with exit status 2."""
+"""`selfexplain` command line. Each subcommand lives in `cli/<name>.py` and exposes
+`register(subparsers)`; this module discovers them, parses, and turns our errors into one line on
+stderr with exit status 2."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import importlib
 import pkgutil
 import sys
 
-from selfexplain import commands
+import cli
 from selfexplain.errors import SelfExplainError
+
+NOT_COMMANDS = frozenset({"cli", "__main__", "common"})
+"""Modules of `cli/` that are no subcommand: this one, `python -m cli`, shared flags."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label SAE features by asking the model itself what they mean.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for info in sorted(pkgutil.iter_modules(cli.__path__), key=lambda m: m.name):
+        if info.name in NOT_COMMANDS:
+            continue
+        module = importlib.import_module(f"{cli.__name__}.{info.name}")
         module.register(subparsers)
     return parser
 

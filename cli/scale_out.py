@@ -12,7 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from selfexplain.commands.explain import add_config_arguments
+from cli.explain import add_config_arguments
+from selfexplain.locations import DEFAULT_WAREHOUSE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="`default`, RELEASE/SAE_ID, a sae-lens folder, or a .safetensors")
     parser.add_argument("--features", default="0-127", help="indices like 0-127 or 0-3,40")
     parser.add_argument("--all-features", action="store_true", help="every latent of the SAE")
-    parser.add_argument("--warehouse", default="warehouse.duckdb", help="DuckDB file")
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="DuckDB file")
     parser.add_argument("--out-dir", default="shards", help="Parquet shards (default shards/)")
     parser.add_argument("--shard-size", type=int, default=8, help="features per shard run")
     parser.add_argument("--stale-after", type=float, default=60.0,
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from selfexplain.commands.relabel import build_request, preflight
+    from cli.relabel import build_request, preflight
     from selfexplain.errors import InputError
 
     if args.workers < 1:

@@ -6,6 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
+from selfexplain.locations import DEFAULT_WAREHOUSE
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--backup", metavar="DIR")
     what.add_argument("--shards", metavar="DIR")
     what.add_argument("--reference", metavar="JSONL")
-    parser.add_argument("--warehouse", default="warehouse.duckdb")
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     parser.add_argument("--source", default="neuronpedia", help="with --reference: its origin")
     parser.add_argument("--release", help="with --reference: the SAE release the labels are for")
     parser.add_argument("--sae-id", help="with --reference: the SAE id the labels are for")

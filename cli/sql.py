@@ -6,6 +6,8 @@ import argparse
 import re
 import sys
 
+from selfexplain.locations import DEFAULT_WAREHOUSE
+
 ALLOWED = {"SELECT", "EXPLAIN"}
 
 
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run holds the file, the snapshot published by the last run is read instead.",
     )
     parser.add_argument("query", help='e.g. "SELECT feature, label FROM v_feature_labels"')
-    parser.add_argument("--warehouse", default="warehouse.duckdb")
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     parser.add_argument("--snapshot", action="store_true",
                         help="read the snapshot published by the last run, not the live file")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")

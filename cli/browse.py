@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from selfexplain.locations import DEFAULT_WAREHOUSE
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -14,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "table, one page per feature, the latest evaluation, and a JSON API for each. Reads the "
         "warehouse read-only (the published snapshot while a run writes).",
     )
-    parser.add_argument("--warehouse", default="warehouse.duckdb", type=Path)
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, type=Path)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8765)

@@ -7,7 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-from selfexplain.commands.explain import add_config_arguments
+from cli.explain import add_config_arguments
+from selfexplain.locations import DEFAULT_WAREHOUSE
 
 OVERRIDE_FLAGS = ("scale_unit", "selection", "placeholder", "injection_layer", "probe_layer",
                   "max_new_tokens", "failure_metric", "failure_threshold", "direction",
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features", default="0-15", help="indices like 0-15 or 0-3,40")
     parser.add_argument("--all-features", action="store_true",
                         help="every latent of the SAE (overrides --features)")
-    parser.add_argument("--warehouse", default="warehouse.duckdb", help="DuckDB file")
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="DuckDB file")
     parser.add_argument("--shard-size", type=int, default=8, help="features per shard (task)")
     parser.add_argument("--layer-threshold", action="store_true",
                         help="flag failures with the threshold `selfexplain evaluate --null N "

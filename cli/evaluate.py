@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from selfexplain.commands.explain import add_runtime_arguments
+from cli.explain import add_runtime_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

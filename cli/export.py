@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from selfexplain.locations import DEFAULT_WAREHOUSE
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--format", choices=["parquet", "jsonl"], default="jsonl")
     parser.add_argument("--out", help="output file (default: labels.<format>)")
-    parser.add_argument("--warehouse", default="warehouse.duckdb")
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     parser.add_argument("--release", help="only this SAE release")
     parser.add_argument("--sae-id", help="only this SAE id")
     parser.add_argument("--include-failed", action="store_true",

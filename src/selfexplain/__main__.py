@@ -1,5 +1,0 @@
-import sys
-
-from selfexplain.cli import main
-
-sys.exit(main())
