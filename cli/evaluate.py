@@ -62,9 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def request_from_args(args: argparse.Namespace):
-    from pydantic import ValidationError
-
-    from selfexplain.errors import InputError
+    from selfexplain.errors import build_validated
     from selfexplain.evaluation.suite import DEFAULT_METHODS, RERANK_STRATEGIES, EvalRequest
 
     thorough = getattr(args, "thorough", False)
@@ -77,20 +75,15 @@ def request_from_args(args: argparse.Namespace):
     if args.rerank is not None:
         rerank = () if args.rerank == "none" else tuple(
             s.strip() for s in args.rerank.split(",") if s.strip())
-    try:
-        return EvalRequest(
-            suite=args.suite, limit=args.limit, split=args.split, methods=methods,
-            classes=not args.no_classes, rerank=rerank,
-            scale_quality=thorough and not args.no_scale_quality,
-            null_directions=args.null if args.null is not None else 32 if thorough else 0,
-            seed=args.seed, sae=args.sae, model=args.model,
-            overrides={"precision": args.precision,
-                       **({"direction": args.direction} if args.direction else {})},
-        )
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InputError(f"invalid {where}: {first['msg']}") from None
+    return build_validated(EvalRequest, dict(
+        suite=args.suite, limit=args.limit, split=args.split, methods=methods,
+        classes=not args.no_classes, rerank=rerank,
+        scale_quality=thorough and not args.no_scale_quality,
+        null_directions=args.null if args.null is not None else 32 if thorough else 0,
+        seed=args.seed, sae=args.sae, model=args.model,
+        overrides={"precision": args.precision,
+                   **({"direction": args.direction} if args.direction else {})},
+    ), "request")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ def items_for(split: str, path: Path | None, limit: int, out: Path) -> pl.DataFr
     if path is None:
         path = out / f"real_{split}" / "items_real.parquet"
         if not path.is_file():
-            subprocess.run([sys.executable, "-m", "selfexplain", "evaluate", "--suite", "real",
+            subprocess.run([sys.executable, "-m", "cli", "evaluate", "--suite", "real",
                             "--split", split, "--limit", str(limit), "--methods", METHOD,
                             "--rerank", "none", "--out", str(path.parent)], check=True)
     items = pl.read_parquet(path)

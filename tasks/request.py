@@ -11,11 +11,11 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from selfexplain.carryover import DEFAULT_MATCH_THRESHOLD
 from selfexplain.config import ExplainConfig, Preset, parse_scales
-from selfexplain.errors import InputError
+from selfexplain.errors import build_validated
 from selfexplain.saes import parse_features
 from selfexplain.warehouse import DEFAULT_WAREHOUSE
 
@@ -99,13 +99,7 @@ class RelabelRequest(BaseModel):
     @classmethod
     def build(cls, **fields: Any) -> "RelabelRequest":
         """Validate, turning pydantic's report into one InputError line."""
-        try:
-            return cls(**{k: v for k, v in fields.items() if v is not None})
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "request"
-            message = str(first.get("ctx", {}).get("error") or first["msg"])
-            raise InputError(f"invalid {where}: {message}" if first["loc"] else message) from None
+        return build_validated(cls, fields, "request", bare_root=True)
 
     def config(self) -> ExplainConfig:
         """The engine configuration: the preset with this request's overrides."""

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from selfexplain.errors import InputError
+from selfexplain.errors import InputError, build_validated
 from selfexplain.saes import DEFAULT_SAE_DIR
 from selfexplain.train_sae import TrainSaeConfig
 
@@ -41,12 +41,7 @@ class TrainSaeRequest(BaseModel):
 
     @classmethod
     def build(cls, **fields: object) -> "TrainSaeRequest":
-        try:
-            return cls(**{k: v for k, v in fields.items() if v is not None})
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "request"
-            raise InputError(f"invalid {where}: {first['msg']}") from None
+        return build_validated(cls, fields, "request")
 
     def names(self) -> tuple[str, str]:
         """(release, sae_id) under which the trained SAE's rows are stored."""

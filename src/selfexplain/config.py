@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from selfexplain.errors import InputError
+from selfexplain.errors import InputError, build_validated
 
 if TYPE_CHECKING:
     import torch
@@ -180,12 +180,7 @@ class ExplainConfig(BaseModel):
             raise InputError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
         base.update({k: v for k, v in overrides.items() if v is not None})
         base["preset"] = preset
-        try:
-            return cls(**base)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "config"
-            raise InputError(f"invalid {where}: {first['msg']}") from None
+        return build_validated(cls, base, "config")
 
     @property
     def torch_dtype(self) -> "torch.dtype":
