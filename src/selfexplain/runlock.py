@@ -39,6 +39,16 @@ def write_locked(path: str | Path, frames, *, wait_s: float = 0.0) -> dict[str, 
         return wh.write(frames)
 
 
+def restore_locked(path: str | Path, folder: Path, *, wait_s: float = 5.0) -> dict[str, int]:
+    """Restore a backup folder (`selfexplain export --backup`) into the warehouse under its run
+    lock; the manifest is checked before the warehouse is touched."""
+    from selfexplain.warehouse import Warehouse, read_manifest, restore
+
+    read_manifest(Path(folder))  # not a backup: say so before the warehouse is opened
+    with writer_lock(path), Warehouse(path, wait_s=wait_s) as wh:
+        return restore(wh, Path(folder))
+
+
 @contextmanager
 def writer_lock(path: str | Path, *, wait_s: float = 0.0) -> Iterator[None]:
     """Hold the warehouse's run lock: a second relabel against the same file gets WarehouseInUse

@@ -168,7 +168,7 @@ lines = st.one_of(objects.map(json.dumps), json_values.map(json.dumps),
 @FILES
 @given(st.lists(lines, max_size=6))
 def test_reference_label_files(tmp_path, content):
-    from cli.import_ import reference_frame
+    from selfexplain.references import reference_frame
 
     path = tmp_path / "ref.jsonl"
     path.write_text("\n".join(content))
@@ -182,7 +182,7 @@ def test_reference_label_files(tmp_path, content):
 
 @pytest.mark.parametrize("data", [b"\xff\xfe not utf-8", b"\x00" * 10])
 def test_reference_label_file_not_text(tmp_path, data):
-    from cli.import_ import reference_frame
+    from selfexplain.references import reference_frame
 
     path = tmp_path / "ref.jsonl"
     path.write_bytes(data)
