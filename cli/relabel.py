@@ -78,61 +78,18 @@ def build_request(args: argparse.Namespace):
     )
 
 
-def preflight(request) -> None:
-    """Check everything that can be checked before Prefect starts, so that bad input ends in one
-    line and leaves the warehouse as it was: the SAE, the feature range, the warehouse file and,
-    when shards are left to run, the model and engine settings. What is loaded here is cached and
-    reused by the flow in this process."""
-    from selfexplain.saes import check_features, peek_width
-    from selfexplain.warehouse import Warehouse, check_duckdb_file
-    from tasks.explain import prepare_engine
-    from tasks.sae import sae_info
-    from tasks.store import stored_features
-
-    # What can be told from file headers first (no sae-lens import, no model): seconds.
-    if request.out_dir is None:
-        check_duckdb_file(request.warehouse)
-    width = peek_width(request.sae)
-    if width is not None and not request.all_features:
-        check_features(request.feature_list(width), width)
-    sae = sae_info(request.sae)
-    features = request.feature_list(sae.d_sae)
-    check_features(features, sae.d_sae)
-    direction = request.config().direction
-    if direction == "input":  # an SAE without typical inputs: say so now
-        from tasks.sae import cached_sae
-
-        cached_sae(request.sae).unit_directions(features[:1], direction)
-    if request.layer_threshold:  # none stored yet: say so before anything starts
-        from tasks.explain import resolve_layer_threshold
-
-        request = resolve_layer_threshold(request, sae)
-    warehouse = None if request.out_dir is not None else Path(request.warehouse)
-    stored: set[int] = set()
-    if warehouse is not None and warehouse.exists():  # busy, foreign or damaged: say so now
-        stored.update(stored_features.fn(str(warehouse),
-                                         request.request_hash(sae.release, sae.sae_id,
-                                                              request.injected(sae))))
-    if set(features) - stored:
-        prepare_engine(request)
-    if warehouse is not None and not warehouse.exists():
-        Warehouse(warehouse).close()  # a read-only folder or a full disk: say so now
-
-
 def run(args: argparse.Namespace) -> int:
-    from selfexplain.runlock import writer_lock
-    from selfexplain.warehouse import MEMORY
+    from flows.relabel import run_relabel
 
     request = build_request(args)  # validates every flag before anything slow starts
-    with writer_lock(request.warehouse if request.out_dir is None else MEMORY):
-        preflight(request)
-        print(f"relabel: model {request.model}, SAE {request.sae}, features "
-              f"{'all' if request.all_features else request.features}, shard size "
-              f"{request.shard_size}; starting Prefect (ephemeral) ...", flush=True)
-        began = time.perf_counter()
-        from flows.relabel import relabel
+    began = None
 
-        summary = relabel(request)
+    def announce(line: str) -> None:
+        nonlocal began
+        print(line, flush=True)
+        began = time.perf_counter()
+
+    summary = run_relabel(request, announce)
     elapsed = time.perf_counter() - began
     print()
     print(f"done in {elapsed:.0f} s: {summary['n_labelled']} labelled, {summary['n_failed']} "

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.relabel import build_request, preflight
+    from cli.relabel import build_request
     from selfexplain.errors import InputError
 
     if args.workers < 1:
@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     out_dir = str(Path(args.out_dir).expanduser().resolve())
     args.out_dir = None
     request = build_request(args)  # validates every flag before anything slow starts
-    preflight(request)  # the SAE, features, warehouse and model, in seconds
     from flows.cluster import run_scale_out  # Prefect lives in flows/, never in the core
 
     began = time.perf_counter()

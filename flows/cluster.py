@@ -191,10 +191,14 @@ class LocalCluster:
 def run_scale_out(request, out_dir: str, *, workers: int, api_url: str | None = None,
                   stale_after_s: float = 60.0, announce=print) -> dict[str, int]:
     """The `scale-out` flow on a local cluster of `workers` (or the server at `api_url` and its
-    workers): start it, run the flow against it, stop it. `announce` gets the progress lines."""
+    workers): check the request first (the SAE, features, warehouse and model, in seconds),
+    then start it, run the flow against it, stop it. `announce` gets the progress lines."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.merge import scale_out
+    from tasks.preflight import preflight
+
+    preflight(request)
 
     cluster = LocalCluster(workers, api_url=api_url)
     announce(f"starting {'the Prefect server and ' if cluster.own_server else ''}{workers} "

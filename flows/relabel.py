@@ -1,15 +1,21 @@
 """`relabel`: label the features of one SAE with one model, shard by shard, into the warehouse.
 
-The flow only composes: load the SAE (ids out), find the shards already stored for this request,
-explain the rest one shard per task, hand each shard's rows to the single writer, then publish a
-snapshot and the monitoring artifacts. A rerun of the same request skips stored shards; a run
-killed midway resumes where it stopped (its unfinished shard is redone).
+The flow only composes named steps: the preflight task (SAE, features, warehouse, model, engine
+settings, ids out), statistics when the SAE has none, the plan (carry-over, shards already
+stored for this request), the run's opening rows, one task per shard whose rows go to the single
+writer, held-out scores of the new labels, the closing row, then a snapshot and the monitoring
+artifacts. A rerun of the same request skips stored shards; a run killed midway resumes where it
+stopped (its unfinished shard is redone). `run_relabel` is what the CLI calls: the preflight
+first, outside Prefect (a bad input answers in seconds), then the flow.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import polars as pl
 from prefect import flow, get_run_logger
@@ -18,16 +24,16 @@ from prefect.runtime import flow_run
 
 from selfexplain.errors import SelfExplainError
 from selfexplain.runlock import writer_lock
-from selfexplain.saes import check_features
 from selfexplain.warehouse import frame, utc_now
+from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
 from tasks.carryover import (
     carry_over_labels,
     carry_over_markdown,
     label_changes,
     store_decoder,
 )
-from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
-from tasks.explain import ShardRows, explain_shard, prepare_engine_task, resolve_layer_threshold
+from tasks.explain import ShardRows, explain_shard
+from tasks.preflight import preflight, preflight_task
 from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
 from tasks.sae import collect_stats, load_sae_info, sae_feature_stats
 from tasks.score import best_scored_current, score_carried, score_labels
@@ -70,6 +76,20 @@ def run_frame(request: RelabelRequest, sae: SaeInfo, run_id: str, request_hash: 
     )])
 
 
+def run_relabel(request: RelabelRequest, announce: Callable[[str], None] = print
+                ) -> dict[str, object]:
+    """What `selfexplain relabel` runs: hold the warehouse, check the request before Prefect
+    starts (seconds; bad input leaves the warehouse as it was), then run the flow."""
+    from selfexplain.warehouse import MEMORY
+
+    with writer_lock(request.warehouse if request.out_dir is None else MEMORY):
+        preflight(request)
+        announce(f"relabel: model {request.model}, SAE {request.sae}, features "
+                 f"{'all' if request.all_features else request.features}, shard size "
+                 f"{request.shard_size}; starting Prefect (ephemeral) ...")
+        return relabel(request)
+
+
 @flow(name="relabel", log_prints=True)
 def relabel(request: RelabelRequest) -> dict[str, object]:
     """Relabel the requested features of one SAE; returns a summary of the run.
@@ -106,31 +126,90 @@ def with_statistics(request: RelabelRequest, sae: SaeInfo) -> SaeInfo:
     return sae
 
 
-def _relabel(request: RelabelRequest) -> dict[str, object]:
-    log = get_run_logger()
-    run_id = flow_run.id or str(uuid.uuid4())
-    started_at, began = utc_now(), time.perf_counter()
-    sae = with_statistics(request, load_sae_info(request.sae))
-    features = request.feature_list(sae.d_sae)
-    check_features(features, sae.d_sae)
-    if request.layer_threshold:
-        request = resolve_layer_threshold(request, sae)
-        print(f"failure threshold {request.config().failure_threshold:g} "
-              f"({request.config().failure_metric}): the null drawn for this model and layer")
-    request_hash = request.request_hash(sae.release, sae.sae_id, request.injected(sae))
-    parquet = request.out_dir is not None
+@dataclass
+class Run:
+    """One run's identity and its writer: rows go to the warehouse, or to Parquet shards under
+    `request.out_dir` (scale-out)."""
 
-    def record(frames: dict[str, pl.DataFrame], name: str) -> None:
-        if parquet:
-            write_parquet(request.out_dir, request_hash, name, frames)
+    request: RelabelRequest
+    sae: SaeInfo
+    request_hash: str
+    n_features: int
+    started_at: datetime
+    began: float
+    """time.perf_counter() when the flow began."""
+    run_id: str = field(default_factory=lambda: flow_run.id or str(uuid.uuid4()))
+
+    @property
+    def parquet(self) -> bool:
+        return self.request.out_dir is not None
+
+    def record(self, frames: dict[str, pl.DataFrame], name: str) -> None:
+        if self.parquet:
+            write_parquet(self.request.out_dir, self.request_hash, name, frames)
         else:
-            write_rows(request.warehouse, frames)
+            write_rows(self.request.warehouse, frames)
 
-    def run_row(**facts: object) -> dict[str, pl.DataFrame]:
-        return {"sae": sae_frame(sae), "run": run_frame(request, sae, run_id, request_hash,
-                                                        len(features), started_at, **facts)}
+    def run_row(self, **facts: object) -> dict[str, pl.DataFrame]:
+        """The `sae` row and this run's `run` row with `facts` (status, counts, ...)."""
+        return {"sae": sae_frame(self.sae),
+                "run": run_frame(self.request, self.sae, self.run_id, self.request_hash,
+                                 self.n_features, self.started_at, **facts)}
 
+
+@dataclass
+class Plan:
+    """Which features this run labels, in which shards."""
+
+    features_to_run: list[int]
+    todo: list[int]
+    shards: list[list[int]]
+    n_shards_skipped: int
+    carried: object = None
+    """The carry-over result (tasks.carryover), None without --carry-over."""
+
+
+@dataclass
+class Labelled:
+    """What the shards produced."""
+
+    totals: dict[str, int] = field(default_factory=lambda: dict(n_labelled=0, n_failed=0,
+                                                                n_skipped=0))
+    model_ids: dict[str, str] = field(default_factory=dict)
+    collected: list[ShardRows] = field(default_factory=list)
+    """Every shard's rows (scale-out only: the warehouse holds them otherwise)."""
+    labels: list[tuple[int, str | None]] = field(default_factory=list)
+    """(feature, label) of every feature labelled (not skipped) in this run."""
+
+
+def _relabel(request: RelabelRequest) -> dict[str, object]:
+    started_at, began = utc_now(), time.perf_counter()
+    checked = preflight_task(request)
+    if request.layer_threshold:
+        print(f"failure threshold {checked.request.config().failure_threshold:g} "
+              f"({checked.request.config().failure_metric}): the null drawn for this model and "
+              "layer")
+    request, features = checked.request, checked.features
+    sae = with_statistics(request, checked.sae)
+    run = Run(request, sae, request.request_hash(sae.release, sae.sae_id, request.injected(sae)),
+              len(features), started_at, began)
+    plan = plan_shards(run, features)
+    open_run(run, plan)
+    labelled = label_shards(run, plan.shards)
+    mean_auroc = score_new_labels(run, labelled.labels)
+    if plan.shards:  # a run with nothing to do leaves no rows behind
+        run.record(run.run_row(status="completed", finished_at=utc_now(),
+                               n_shards=len(plan.shards), n_shards_skipped=plan.n_shards_skipped,
+                               **labelled.totals, **labelled.model_ids), f"run-{run.run_id}")
+    return summarise(run, plan, labelled, features, mean_auroc)
+
+
+def plan_shards(run: Run, features: list[int]) -> Plan:
+    """Carry labels over first (with --carry-over), then leave out what is stored for this
+    request; the rest in shards of `shard_size`."""
+    request, sae = run.request, run.sae
     carried = None
+    features_to_run = features
     if request.carry_over:
         carried = carry_over_labels(request.warehouse, sae, request.match_threshold)
         matched = set(carried.matched)
@@ -145,51 +224,57 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
             n = score_carried(request.warehouse, request.sae, sae.release, sae.sae_id)
             print(f"carry-over: {n} carried labels scored on this SAE's held-out examples")
             best_scored_current(request.warehouse, sae.release, sae.sae_id)
-    else:
-        features_to_run = features
-    done = set(stored_features(request.warehouse, request_hash, request.out_dir))
+    done = set(stored_features(request.warehouse, run.request_hash, request.out_dir))
     todo = [f for f in features_to_run if f not in done]
     shards = split_shards(todo, request.shard_size)
     n_shards_skipped = len(split_shards([f for f in features_to_run if f in done],
                                         request.shard_size))
     print(f"relabel {sae.release}/{sae.sae_id}: {len(features)} features, {len(shards)} shards "
           f"to run, {len(features_to_run) - len(todo)} features already stored for request "
-          f"{request_hash}")
-    if shards:  # a bad model, SAE or setting fails here, before any row is written
-        prepare_engine_task(request)
-    if not parquet:  # this run holds the lock: an earlier one still `running` was killed
-        mark_interrupted(request.warehouse, request_hash, run_id)
-        store_decoder(request.warehouse, sae)  # later versions are matched against this decoder
-    if not shards:
-        print(f"nothing to do: all {len(features_to_run)} features to run are stored for request "
-              f"{request_hash}; change the settings or the seed to label them again"
-              if features_to_run else "nothing to do: every requested feature carries a label "
-              "over; pass --matched relabel to label them afresh")
-    else:
-        record(run_row(status="running", n_shards=len(shards), n_shards_skipped=n_shards_skipped),
-               f"run-{run_id}")
-        stats = sae_feature_stats(request.sae, sae.release, sae.sae_id, todo)
-        if stats is not None:  # shipped or collected: fires_on and single-token flags
-            record({"feature_stats": stats}, f"stats-{run_id}")
+          f"{run.request_hash}")
+    return Plan(features_to_run, todo, shards, n_shards_skipped, carried)
 
+
+def open_run(run: Run, plan: Plan) -> None:
+    """Mark earlier runs of this request that were killed, store the decoder (later versions are
+    matched against it), and record this run as running with the SAE's statistics."""
+    request, sae = run.request, run.sae
+    if not run.parquet:  # this run holds the lock: an earlier one still `running` was killed
+        mark_interrupted(request.warehouse, run.request_hash, run.run_id)
+        store_decoder(request.warehouse, sae)
+    if not plan.shards:
+        print(f"nothing to do: all {len(plan.features_to_run)} features to run are stored for "
+              f"request {run.request_hash}; change the settings or the seed to label them again"
+              if plan.features_to_run else "nothing to do: every requested feature carries a "
+              "label over; pass --matched relabel to label them afresh")
+        return
+    run.record(run.run_row(status="running", n_shards=len(plan.shards),
+                           n_shards_skipped=plan.n_shards_skipped), f"run-{run.run_id}")
+    stats = sae_feature_stats(request.sae, sae.release, sae.sae_id, plan.todo)
+    if stats is not None:  # shipped or collected: fires_on and single-token flags
+        run.record({"feature_stats": stats}, f"stats-{run.run_id}")
+
+
+def label_shards(run: Run, shards: list[list[int]]) -> Labelled:
+    """Explain the shards one after another (a process holds one model; scale out for more),
+    each shard's rows recorded as it finishes; a failure is recorded on the run, then raised."""
+    request, sae = run.request, run.sae
     progress = start_progress(artifact_key("relabel", sae.release, sae.sae_id), len(shards))
-    totals = dict(n_labelled=0, n_failed=0, n_skipped=0)
-    model_ids: dict[str, str] = {}
-    collected: list[ShardRows] = []
-    labelled: list[tuple[int, str | None]] = []
+    out = Labelled()
     finished = 0
     try:
-        for part in shards:  # one after another: a process holds one model; scale out for more
-            rows = explain_shard(request, sae, part, shard_key(part), run_id, request_hash)
-            record(rows.frames, f"shard-{rows.key}")
+        for part in shards:
+            rows = explain_shard(request, sae, part, shard_key(part), run.run_id,
+                                 run.request_hash)
+            run.record(rows.frames, f"shard-{rows.key}")
             finished += 1
-            for name in totals:
-                totals[name] += getattr(rows, name)
-            model_ids = {"model_id": rows.model_id, "model_revision": rows.model_revision}
-            if parquet:
-                collected.append(rows)
+            for name in out.totals:
+                out.totals[name] += getattr(rows, name)
+            out.model_ids = {"model_id": rows.model_id, "model_revision": rows.model_revision}
+            if run.parquet:
+                out.collected.append(rows)
             fresh = rows.frames["label"].filter(~pl.col("skipped"))
-            labelled.extend(zip(fresh["feature"].to_list(), fresh["label"].to_list()))
+            out.labels.extend(zip(fresh["feature"].to_list(), fresh["label"].to_list()))
             update_progress(progress, finished, len(shards))
             print(f"shard {finished}/{len(shards)} (features {rows.features[0]}-"
                   f"{rows.features[-1]}): {rows.n_labelled} labelled, {rows.n_failed} failed, "
@@ -197,38 +282,50 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
     except BaseException as err:
         message = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         try:
-            record(run_row(status="failed", error=message, finished_at=utc_now(), **model_ids),
-                   f"run-{run_id}")
+            run.record(run.run_row(status="failed", error=message, finished_at=utc_now(),
+                                   **out.model_ids), f"run-{run.run_id}")
         except Exception as inner:  # the writer may be the thing that failed
-            log.warning(f"could not record the failure of run {run_id}: {inner}")
+            get_run_logger().warning(f"could not record the failure of run {run.run_id}: {inner}")
         raise
+    return out
 
+
+def score_new_labels(run: Run, labels: list[tuple[int, str | None]]) -> float | None:
+    """Held-out detection scores of the new labels (mean AUROC, None when not scored). A
+    scoring failure leaves the stored labels unscored, never lost."""
+    request, sae = run.request, run.sae
     mean_auroc = None
-    if labelled and request.score:  # held-out detection scores of the new labels
-        try:
-            scores = score_labels(request.sae, sae.release, sae.sae_id, run_id,
-                                  [f for f, _ in labelled], [t for _, t in labelled])
-            if scores is not None:
-                record({"label_score": scores}, f"scores-{run_id}")
-                mean_auroc = scores["detection_auroc"].mean()
-                if not parquet:  # two scored labels of a feature: the better one is current
-                    changed = best_scored_current(request.warehouse, sae.release, sae.sae_id)
-                    if changed:
-                        print(f"{changed} features keep an earlier label that scores better "
-                              "on held-out text than this run's (both stay in the history)")
-        except Exception as err:  # the labels are stored: a scoring failure must not lose them
-            log.warning(f"held-out scoring failed, labels left unscored: {err}")
-    seconds = time.perf_counter() - began
-    if shards:  # a run with nothing to do leaves no rows behind
-        record(run_row(status="completed", finished_at=utc_now(), n_shards=len(shards),
-                       n_shards_skipped=n_shards_skipped, **totals, **model_ids),
-               f"run-{run_id}")
+    if not (labels and request.score):
+        return mean_auroc
+    try:
+        scores = score_labels(request.sae, sae.release, sae.sae_id, run.run_id,
+                              [f for f, _ in labels], [t for _, t in labels])
+        if scores is not None:
+            run.record({"label_score": scores}, f"scores-{run.run_id}")
+            mean_auroc = scores["detection_auroc"].mean()
+            if not run.parquet:  # two scored labels of a feature: the better one is current
+                changed = best_scored_current(request.warehouse, sae.release, sae.sae_id)
+                if changed:
+                    print(f"{changed} features keep an earlier label that scores better "
+                          "on held-out text than this run's (both stay in the history)")
+    except Exception as err:
+        get_run_logger().warning(f"held-out scoring failed, labels left unscored: {err}")
+    return mean_auroc
+
+
+def summarise(run: Run, plan: Plan, labelled: Labelled, features: list[int],
+              mean_auroc: float | None) -> dict[str, object]:
+    """The run's summary; publishes the snapshot (warehouse runs), the carry-over changes and the
+    monitoring artifacts (table and scale-sweep plot)."""
+    request, sae, shards = run.request, run.sae, plan.shards
     summary: dict[str, object] = dict(
-        run_id=run_id, release=sae.release, sae_id=sae.sae_id, model=request.model,
-        preset=request.preset, request_hash=request_hash, n_features=len(features),
-        n_shards=len(shards), n_shards_skipped=n_shards_skipped, **totals, **model_ids,
-        seconds=round(seconds, 1), detection_auroc=mean_auroc,
+        run_id=run.run_id, release=sae.release, sae_id=sae.sae_id, model=request.model,
+        preset=request.preset, request_hash=run.request_hash, n_features=len(features),
+        n_shards=len(shards), n_shards_skipped=plan.n_shards_skipped, **labelled.totals,
+        **labelled.model_ids, seconds=round(time.perf_counter() - run.began, 1),
+        detection_auroc=mean_auroc,
     )
+    carried = plan.carried
     if carried is not None:
         summary["carry_over"] = carried.model_dump()
         if carried.sources:  # a new version of a labelled SAE: say what changed
@@ -237,7 +334,8 @@ def _relabel(request: RelabelRequest) -> dict[str, object]:
                 carry_over_markdown(sae.release, sae.sae_id, carried, changes),
                 key=artifact_key("relabel", sae.release, sae.sae_id, "carry-over"),
                 description="matched, new and vanished features against earlier versions")
-    if parquet:
+    if run.parquet:
+        collected = labelled.collected
         summary["out_dir"] = request.out_dir
         labels = pl.concat([r.frames["label"] for r in collected]) if collected else pl.DataFrame(
             schema={"feature": pl.Int32, "failed": pl.Boolean, "skipped": pl.Boolean})
