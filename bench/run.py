@@ -54,7 +54,7 @@ def run_side(side: str, features: list[int], words: list[str], threads: int,
     from bench.flops import GEMMA_2B, FlopCounter, projected_flops
     from selfexplain.config import ExplainConfig
     from selfexplain.models import load_model
-    from selfexplain.saes import load_sae
+    from selfexplain.statstore import load_sae
     from selfexplain.vectors import word_directions
 
     from bench.flops import matmul_peak_gflops

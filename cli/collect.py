@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from selfexplain.collect import CollectConfig
     from selfexplain.documents import open_documents
     from selfexplain.models import load_model, peek_dims, resolve_device
-    from selfexplain.saes import SaeDirections, load_sae
+    from selfexplain.saes import SaeDirections
+    from selfexplain.statstore import load_sae
     from selfexplain.statstore import collect_statistics
 
     config = CollectConfig.build(tokens=args.tokens, heldout_tokens=args.heldout_tokens,

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
 def load_sae_and_stats(spec: str):
     """The SAE and its feature statistics (shipped or collected: `statstore`)."""
     from selfexplain.evaluation.real import feature_stats_for
-    from selfexplain.saes import load_sae
+    from selfexplain.statstore import load_sae
 
     sae = load_sae(spec)
     return sae, feature_stats_for(spec, sae)

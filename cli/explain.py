@@ -95,12 +95,14 @@ def run(args: argparse.Namespace) -> int:
     # a wrong path or index answers in seconds, not after the model load.
     features = sae = directions = None
     if args.sae:
-        from selfexplain.saes import check_features, load_sae, parse_features, peek_width
+        from selfexplain.saes import check_features, parse_features, peek_width
 
         features = parse_features(args.features)
         width = peek_width(args.sae)  # the range from the SAE's config, before sae-lens loads
         if width is not None:
             check_features(features, width)
+        from selfexplain.statstore import load_sae
+
         sae = load_sae(args.sae)
         check_features(features, sae.d_sae)
         sae.unit_directions(features[:1], config.direction)  # an SAE without typical inputs

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def sae_stats(spec: str):
     """(statistics frame, release, sae_id) of any SAE spec, named as `load_sae` names it."""
-    from selfexplain.saes import load_sae, sae_folder
+    from selfexplain.saes import sae_folder
+    from selfexplain.statstore import load_sae
     from selfexplain.statstore import require_stats_frame
 
     sae = load_sae(spec)

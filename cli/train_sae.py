@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from selfexplain.corpus import corpus_files
     from selfexplain.errors import InputError
-    from selfexplain.train_sae import TrainSaeConfig
+    from selfexplain.sae_trainer import TrainSaeConfig
 
     config = TrainSaeConfig.build(
         layer=args.layer, width=args.width, k=args.k, tokens=args.tokens,

@@ -25,7 +25,7 @@ from selfexplain.evaluation import real
 from selfexplain.evaluation.suite import sample_features
 from selfexplain.explain import SelfExplainer, explain_sae_features
 from selfexplain.models import load_model
-from selfexplain.saes import load_sae
+from selfexplain.statstore import load_sae
 from selfexplain.statstore import require_stats_frame
 
 

@@ -26,7 +26,7 @@ from selfexplain.config import ExplainConfig
 from selfexplain.evaluation.real import Embedder, derangement
 from selfexplain.explain import SelfExplainer, explain_sae_features
 from selfexplain.models import load_model
-from selfexplain.saes import load_sae
+from selfexplain.statstore import load_sae
 
 BINS = [(0.0, 0.5), (0.5, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 0.95), (0.95, 0.98), (0.98, 1.01)]
 

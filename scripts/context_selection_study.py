@@ -25,7 +25,7 @@ from selfexplain.evaluation.stats import mean_interval
 from selfexplain.evaluation.suite import sample_features
 from selfexplain.explain import explain_sae_features
 from selfexplain.models import load_model
-from selfexplain.saes import load_sae
+from selfexplain.statstore import load_sae
 from selfexplain.scoring import scorer_for
 from selfexplain.statstore import require_stats_frame
 

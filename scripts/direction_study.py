@@ -21,7 +21,7 @@ from selfexplain.evaluation import real
 from selfexplain.evaluation.suite import sample_features
 from selfexplain.explain import SelfExplainer
 from selfexplain.models import load_model
-from selfexplain.saes import load_sae
+from selfexplain.statstore import load_sae
 from selfexplain.stats import load_feature_stats
 
 

@@ -26,7 +26,7 @@ from selfexplain.evaluation.suite import sample_features
 from selfexplain.explain import best_reading_answer, explain_sae_features, recover_token
 from selfexplain.models import load_model
 from selfexplain.prompts import REPEAT
-from selfexplain.saes import load_sae
+from selfexplain.statstore import load_sae
 
 
 def rules(fe) -> dict[str, str | None]:

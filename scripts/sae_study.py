@@ -19,8 +19,8 @@ import torch
 
 from selfexplain.corpus import token_chunks
 from selfexplain.models import load_model
-from selfexplain.sae_trainer import train_in_memory
-from selfexplain.train_sae import TrainSaeConfig, collect_activations, encode, evaluate
+from selfexplain.sae_trainer import TrainSaeConfig, encode, evaluate, train_in_memory
+from selfexplain.train_sae import collect_activations
 from selfexplain.stats import SINGLE_TOKEN_MIN_FIRINGS, SINGLE_TOKEN_SHARE, token_alignment
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from selfexplain.saes import DEFAULT_SAE, SaeDirections, load_sae
+from selfexplain.saes import DEFAULT_SAE, SaeDirections
+
+from selfexplain.statstore import load_sae
 from tasks.request import SaeInfo
 from tasks.retry import retry_transient
 

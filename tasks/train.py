@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from selfexplain.errors import InputError, build_validated
 from selfexplain.saes import DEFAULT_SAE_DIR
-from selfexplain.train_sae import TrainSaeConfig
+from selfexplain.sae_trainer import TrainSaeConfig
 
 
 class TrainSaeRequest(BaseModel):
@@ -37,7 +37,7 @@ class TrainSaeRequest(BaseModel):
     """Also store the statistics in this warehouse (table feature_stats)."""
     release: str | None = None
     """Release name recorded in the warehouse; None = the embedded default's name when out_dir is
-    the embedded folder, else `local:<folder name>` (as `selfexplain.saes.load_sae` names it)."""
+    the embedded folder, else `local:<folder name>` (as `selfexplain.statstore.load_sae` names it)."""
 
     @classmethod
     def build(cls, **fields: object) -> "TrainSaeRequest":

@@ -65,7 +65,7 @@ def resolve(spec: str, warehouse: str | None):
     from pathlib import Path
 
     from selfexplain.carryover import decoder_dir, load_decoder, unit_rows
-    from selfexplain.saes import load_sae
+    from selfexplain.statstore import load_sae
 
     if warehouse and "/" in spec and not Path(spec).expanduser().exists():
         release, sae_id = spec.split("/", 1)

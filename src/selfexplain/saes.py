@@ -214,18 +214,9 @@ def peek_width(spec: str) -> int | None:
     return None
 
 
-def load_sae(spec: str, *, statistics: bool = True) -> SaeDirections:
-    """`default`, a sae-lens folder, a `.safetensors` file with `W_dec`, or `RELEASE/SAE_ID`;
-    with its typical inputs attached when statistics exist for it (`statstore.find_stats`)."""
-    loaded = _load_decoder(spec)
-    if not statistics:
-        return loaded
-    from selfexplain.statstore import attach_statistics
-
-    return attach_statistics(loaded, sae_folder(spec))
-
-
-def _load_decoder(spec: str) -> SaeDirections:
+def load_sae_decoder(spec: str) -> SaeDirections:
+    """`default`, a sae-lens folder, a `.safetensors` file with `W_dec`, or `RELEASE/SAE_ID`, as
+    its decoder directions alone; `statstore.load_sae` attaches the statistics found for it."""
     if spec == DEFAULT_SAE:
         if not (DEFAULT_SAE_DIR / "cfg.json").is_file():
             raise SaeLoadError(f"the embedded default SAE is missing from {DEFAULT_SAE_DIR}")

@@ -25,7 +25,13 @@ from torch import Tensor
 
 from selfexplain.collect import HELDOUT_EXAMPLES_FILE, HELDOUT_LATENTS_FILE, MANIFEST_FILE
 from selfexplain.errors import InputError
-from selfexplain.saes import TYPICAL_INPUTS_FILE, SaeDirections, read_typical_inputs
+from selfexplain.saes import (
+    TYPICAL_INPUTS_FILE,
+    SaeDirections,
+    load_sae_decoder,
+    read_typical_inputs,
+    sae_folder,
+)
 from selfexplain.stats import STATS_FILE
 
 
@@ -93,6 +99,13 @@ def heldout_dir(sae: SaeDirections) -> Path | None:
     return folder if has else None
 
 
+def load_sae(spec: str, *, statistics: bool = True) -> SaeDirections:
+    """`default`, a sae-lens folder, a `.safetensors` file with `W_dec`, or `RELEASE/SAE_ID`;
+    with its typical inputs attached when statistics exist for it (`find_stats`)."""
+    loaded = load_sae_decoder(spec)
+    return attach_statistics(loaded, sae_folder(spec)) if statistics else loaded
+
+
 def attach_statistics(sae: SaeDirections, folder: Path | None = None) -> SaeDirections:
     """`sae` with its typical inputs and `stats_dir` set when statistics exist for it."""
     location = find_stats(sae, folder)
@@ -137,7 +150,6 @@ def collect_statistics(lm, spec: str, corpus: str = "default", config=None, *,
     from selfexplain.collect import FORMAT_VERSION, CollectConfig, collect, resolve
     from selfexplain.documents import open_documents
     from selfexplain.encoders import load_encoder
-    from selfexplain.saes import load_sae
 
     config = config or CollectConfig()
     directions = load_sae(spec, statistics=False)

@@ -1,9 +1,11 @@
 """Train a TopK SAE on the residual entering one block of a model, and write a sae-lens folder.
 
 No pretrained SAE can be downloaded here, so the default model ships with one trained by this
-module. The trainer is plain PyTorch (TopK of Gao et al. 2024: unit-norm decoder, AuxK loss for dead
-latents, inputs scaled to unit mean square per dimension during training and the scale folded back
-into the weights, so the saved SAE reads raw residuals and its activations are residual norms).
+module: activations collected from a corpus, fed to the trainer (`sae_trainer`: plain PyTorch TopK
+of Gao et al. 2024, unit-norm decoder, AuxK loss for dead latents, inputs scaled to unit mean
+square per dimension during training and the scale folded back into the weights, so the saved SAE
+reads raw residuals and its activations are residual norms), written atomically as a folder.
+The import runs one way: this module uses the trainer, the trainer never this module.
 """
 
 from __future__ import annotations
@@ -17,87 +19,23 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from contextlib import nullcontext
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from selfexplain.corpus import token_chunks
-from selfexplain.errors import InputError, SelfExplainError, build_validated
+from selfexplain.errors import InputError, SelfExplainError
 from selfexplain.saes import SAE_ID_KEY
 from selfexplain.models import LoadedModel
-from selfexplain.sae_trainer import train_in_memory, train_streaming
-
-
-class TrainSaeConfig(BaseModel):
-    """Every setting of one SAE training run (defaults: the embedded default SAE)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    layer: int = Field(2, ge=0)
-    """Train on the residual entering this decoder block (sae-lens `blocks.L.hook_resid_pre`).
-    Default 2: the block the engine injects at (see the default SAE's CARD.md for the comparison)."""
-    width: int = Field(4096, ge=1)
-    """Number of latents (d_sae)."""
-    k: int = Field(8, ge=1)
-    """Active latents per token. Default 8: on 2M tokens, k 32 / 16 / 8 gave single-token features
-    whose decoder rows point at their token with median cosine .23 / .31 / .41 (scripts/sae_study.py)."""
-    tokens: int = Field(20_000_000, ge=1)
-    """Training activations (position 0 of every window is dropped: attention sink); capped by the
-    corpus (the default corpus holds 14.6M)."""
-    heldout_tokens: int = Field(100_000, ge=0)
-    """Activations from held-out documents for variance explained, dead fraction and statistics."""
-    context: int = Field(128, ge=2)
-    """Tokens per window fed to the model."""
-    batch_tokens: int = Field(1024, ge=1)
-    """Activations per optimiser step. Small batches give more steps for the same CPU time: on
-    SmolLM2 with 400k tokens, 1024 reached 76% variance explained where 4096 reached 66%."""
-    epochs: int = Field(1, ge=1)
-    lr: float | None = Field(None, gt=0)
-    """Adam learning rate; None = 2e-4 * sqrt(16384 / width) (Gao et al.)."""
-    auxk_alpha: float = Field(1 / 32, ge=0)
-    dead_tokens: int = Field(200_000, ge=1)
-    """A latent silent for this many training activations counts as dead for the AuxK loss."""
-    collect_batch: int = Field(16, ge=1)
-    """Windows per forward pass while collecting activations."""
-    collect_dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    """Matmul precision of the model while collecting *training* activations. bfloat16 autocast is
-    about 2-3x faster on CPUs with AVX512-BF16 and moves the residuals by under 1e-4 of their
-    variance; held-out activations (all reported numbers, statistics) always use float32."""
-    chunk_windows: int = Field(2048, ge=1)
-    """Windows collected at a time (2048 x 127 activations = 0.5 GiB in float16): memory stays at
-    one chunk however many tokens are trained on; the chunk's activations are shuffled."""
-    checkpoint_chunks: int = Field(4, ge=1)
-    """With a checkpoint folder, save the full training state after every this many chunks."""
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "TrainSaeConfig":
-        if self.k > self.width:
-            raise ValueError(f"k ({self.k}) must not exceed the width ({self.width})")
-        return self
-
-    @classmethod
-    def build(cls, **values: object) -> "TrainSaeConfig":
-        """Validate `values` (None means default); raise InputError with one clear line."""
-        return build_validated(cls, values)
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else 2e-4 * math.sqrt(16384 / self.width)
-
-
-class TopKSae(NamedTuple):
-    """Weights in sae-lens layout: encode relu(topk((x - b_dec) @ W_enc + b_enc)), decode z @ W_dec + b_dec."""
-
-    W_enc: Tensor  # (d_in, d_sae)
-    b_enc: Tensor  # (d_sae,)
-    W_dec: Tensor  # (d_sae, d_in)
-    b_dec: Tensor  # (d_in,)
-    k: int
+from selfexplain.sae_trainer import (
+    TopKSae,
+    TrainSaeConfig,
+    evaluate,
+    train_in_memory,
+    train_streaming,
+)
 
 
 class TrainReport(NamedTuple):
@@ -182,36 +120,6 @@ def collect_activations(lm: LoadedModel, windows: Tensor, layers: list[int], *,
         for handle in handles:
             handle.remove()
     return out
-
-
-def encode(sae: TopKSae, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Top-k latents of `x` (batch, d_in): (values (batch, k) >= 0, indices (batch, k))."""
-    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # (batch, d_sae)
-    values, indices = pre.topk(sae.k, dim=-1, sorted=False)
-    return values.relu(), indices
-
-
-def decode(sae: TopKSae, values: Tensor, indices: Tensor) -> Tensor:
-    """Reconstruction (batch, d_in) from sparse codes: embedding_bag gathers only k decoder rows."""
-    return F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
-
-
-@torch.inference_mode()
-def evaluate(sae: TopKSae, acts: Tensor, batch: int = 8192) -> tuple[float, float, float]:
-    """(variance explained, L0, dead fraction) on `acts` (n, d_in)."""
-    if acts.shape[0] == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = acts.float().mean(0)
-    sse = total = active = 0.0
-    fired = torch.zeros(sae.W_dec.shape[0], dtype=torch.bool)
-    for start in range(0, acts.shape[0], batch):
-        x = acts[start:start + batch].float()
-        values, indices = encode(sae, x)
-        sse += float((decode(sae, values, indices) - x).pow(2).sum())
-        total += float((x - mean).pow(2).sum())
-        active += float((values > 0).sum())
-        fired[indices[values > 0]] = True
-    return 1 - sse / total, active / acts.shape[0], 1 - float(fired.float().mean())
 
 
 def sae_config_dict(sae: TopKSae, *, hook_name: str, model_id: str, revision: str,

@@ -11,7 +11,7 @@ import pytest
 
 from selfexplain.config import ExplainConfig
 from selfexplain.explain import explain_sae_features
-from selfexplain.saes import load_sae
+from selfexplain.statstore import load_sae
 from selfexplain.warehouse import Warehouse, feature_rows, frame
 from tests.conftest import write_sae_folder
 

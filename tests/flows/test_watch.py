@@ -77,7 +77,7 @@ def test_dropped_sae_without_statistics_is_collected_then_labelled(
     from fastapi.testclient import TestClient
 
     from selfexplain.browse.app import create_app
-    from selfexplain.saes import load_sae
+    from selfexplain.statstore import load_sae
     from tests.unit.test_collect import make_corpus
 
     warehouse, inbox, reg = tmp_path / "w.duckdb", tmp_path / "inbox", tmp_path / "registry.yaml"

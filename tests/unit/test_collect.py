@@ -18,7 +18,7 @@ from selfexplain.collect import CollectConfig, example_hash
 from selfexplain.documents import open_documents, token_windows
 from selfexplain.encoders import load_encoder
 from selfexplain.errors import InputError, SaeLoadError
-from selfexplain.saes import load_sae
+from selfexplain.statstore import load_sae
 from selfexplain.stats import feature_stats, typical_inputs
 from selfexplain.statstore import collect_statistics, find_stats
 from selfexplain.train_sae import collect_activations

@@ -6,7 +6,7 @@ import torch
 from selfexplain.config import ExplainConfig
 from selfexplain.errors import InputError, SaeLoadError
 from selfexplain.explain import SelfExplainer, explain_directions, explain_sae_features
-from selfexplain.saes import load_sae
+from selfexplain.statstore import load_sae
 
 
 def _config(**overrides):

@@ -128,7 +128,7 @@ def test_real_suite_on_tiny_model(tiny_lm, tmp_path) -> None:
     from tests.conftest import write_sae_folder
 
     from selfexplain.evaluation.suite import run_evaluation
-    from selfexplain.saes import load_sae
+    from selfexplain.statstore import load_sae
 
     sae = load_sae(str(write_sae_folder(tmp_path / "sae", tiny_lm.d_model, 6)))
     words = ["dog pet", "cat pet", "red colour", "blue colour", "run", "the dog runs"]

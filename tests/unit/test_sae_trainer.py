@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from selfexplain.errors import InputError, SelfExplainError
-from selfexplain.sae_trainer import CHECKPOINT, train_streaming
-from selfexplain.train_sae import TrainSaeConfig, collect_activations
+from selfexplain.sae_trainer import CHECKPOINT, TrainSaeConfig, train_streaming
+from selfexplain.train_sae import collect_activations
 
 
 def config(**overrides) -> TrainSaeConfig:

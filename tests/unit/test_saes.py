@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from selfexplain.errors import InputError, SaeLoadError
-from selfexplain.saes import load_sae, resid_layer_of
+from selfexplain.saes import resid_layer_of
+from selfexplain.statstore import load_sae
 from tests.conftest import write_sae_folder
 
 

@@ -243,7 +243,8 @@ def test_show_label_from_warehouse(tmp_path, tokenizer, capsys):
 def test_shipped_default_sae_and_statistics():
     """The embedded default: a sae-lens TopK folder for block 2, under 40 MB in all with what
     `collect` made for it (stats, token alignment, typical inputs, held-out examples)."""
-    from selfexplain.saes import DEFAULT_SAE_DIR, load_sae
+    from selfexplain.saes import DEFAULT_SAE_DIR
+    from selfexplain.statstore import load_sae
 
     cfg = json.loads((DEFAULT_SAE_DIR / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["k"] == 8 and cfg["d_sae"] == 4096

@@ -14,7 +14,8 @@ from tests.conftest import build_tiny_model
 from cli.cli import main as cli_main
 from selfexplain.corpus import clean_wikitext, corpus_files, read_documents, token_chunks
 from selfexplain.errors import InputError, SelfExplainError
-from selfexplain.train_sae import TrainSaeConfig, collect_activations, encode, train_sae
+from selfexplain.sae_trainer import TrainSaeConfig, encode
+from selfexplain.train_sae import collect_activations, train_sae
 
 WORDS = "the cat sat on a mat while dogs ran over hills and birds sang in tall green trees".split()
 
@@ -81,7 +82,7 @@ def test_report_numbers_are_sane(trained):
 
 
 def test_saes_module_reads_the_layer(trained):
-    from selfexplain.saes import load_sae
+    from selfexplain.statstore import load_sae
 
     directions = load_sae(str(trained[0] / "sae"))
     assert directions.resid_layer == 2 and directions.d_sae == 32
@@ -228,7 +229,7 @@ def test_cli_trains_and_writes_statistics(tmp_path, capsys):
     stats = load_feature_stats(tmp_path / "sae")
     assert stats.height == 16
     assert 0 < stats["density"].sum() <= 2.0 + 1e-9  # at most k active per token
-    from selfexplain.saes import load_sae
+    from selfexplain.statstore import load_sae
 
     inputs = load_sae(str(tmp_path / "sae")).inputs  # typical inputs ship beside the statistics
     assert inputs is not None and inputs.shape == (16, lm.d_model)

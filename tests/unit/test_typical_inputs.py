@@ -12,7 +12,8 @@ from cli.cli import main
 from selfexplain.config import ExplainConfig
 from selfexplain.errors import InputError, SaeLoadError
 from selfexplain.explain import SelfExplainer, explain_sae_features
-from selfexplain.saes import TYPICAL_INPUTS_FILE, load_sae
+from selfexplain.saes import TYPICAL_INPUTS_FILE
+from selfexplain.statstore import load_sae
 from selfexplain.stats import typical_inputs, write_typical_inputs
 from tests.conftest import write_sae_folder
 

@@ -59,7 +59,8 @@ SUITE_HELDOUT = "heldout_detection"
 def feature_stats_for(spec: str, sae=None) -> pl.DataFrame:
     """The feature statistics of an SAE spec, shipped or collected (`statstore`): any SAE once
     `selfexplain collect` has run for it."""
-    from selfexplain.saes import load_sae, sae_folder
+    from selfexplain.saes import sae_folder
+    from selfexplain.statstore import load_sae
     from selfexplain.statstore import require_stats_frame
 
     return require_stats_frame(sae if sae is not None else load_sae(spec), sae_folder(spec))
