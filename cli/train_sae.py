@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{out} already exists and is not empty: pass --overwrite or a new --out")
 
     from selfexplain.models import load_model
-    from selfexplain.stats import write_sae_statistics
+    from selfexplain.feature_stats import write_sae_statistics
     from selfexplain.train_sae import train_sae
 
     from selfexplain.sae_trainer import CHECKPOINT, describe_checkpoint

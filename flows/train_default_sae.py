@@ -1,6 +1,6 @@
 """`train_default_sae`: build the corpus, train the SAE, compute its feature statistics.
 
-Composition only; the work is in `tasks/train.py` and `selfexplain.train_sae` / `stats`. With the
+Composition only; the work is in `tasks/train.py` and `selfexplain.train_sae` / `feature_stats`. With the
 defaults it rebuilds the embedded default SAE (pass overwrite=True to replace it); see its CARD.md
 for the exact settings used.
 """

@@ -19,7 +19,7 @@ from selfexplain.config import ExplainConfig, linspace
 from selfexplain.explain import explain_sae_features
 from selfexplain.models import load_model
 from selfexplain.saes import load_sae_folder
-from selfexplain.stats import load_feature_stats
+from selfexplain.feature_stats import load_feature_stats
 
 
 def pick(stats, per_kind: int, seed: int) -> tuple[list[int], list[int]]:

@@ -18,7 +18,7 @@ import torch
 
 from selfexplain.corpus import token_chunks
 from selfexplain.models import load_model
-from selfexplain.stats import stats_from_activations, write_feature_stats
+from selfexplain.feature_stats import stats_from_activations, write_feature_stats
 from selfexplain.sae_trainer import TrainSaeConfig, evaluate
 from selfexplain.train_sae import collect_activations, fit_and_write
 

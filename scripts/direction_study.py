@@ -3,7 +3,7 @@
 For a seeded sample of live features of the split (DEV = even ids), explain each feature twice
 with the default preset: once injecting its unit decoder row (the method as published), once its
 typical input (the activation-weighted mean of the mean-free held-out residuals where it fires,
-`selfexplain.stats.typical_inputs`). Prints token recovery, label-names-token and embedding AUROC
+`selfexplain.feature_stats.typical_inputs`). Prints token recovery, label-names-token and embedding AUROC
 for both, with 95% intervals, plus the cosine between the two directions.
 """
 
@@ -22,7 +22,7 @@ from selfexplain.evaluation.suite import sample_features
 from selfexplain.explain import SelfExplainer
 from selfexplain.models import load_model
 from selfexplain.statstore import load_sae
-from selfexplain.stats import load_feature_stats
+from selfexplain.feature_stats import load_feature_stats
 
 
 def main() -> None:

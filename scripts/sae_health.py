@@ -12,7 +12,7 @@ from pathlib import Path
 
 from selfexplain.evaluation.health import health
 from selfexplain.evaluation.real import Embedder
-from selfexplain.stats import load_feature_stats
+from selfexplain.feature_stats import load_feature_stats
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ from selfexplain.corpus import token_chunks
 from selfexplain.models import load_model
 from selfexplain.sae_trainer import TrainSaeConfig, encode, evaluate, train_in_memory
 from selfexplain.train_sae import collect_activations
-from selfexplain.stats import SINGLE_TOKEN_MIN_FIRINGS, SINGLE_TOKEN_SHARE, token_alignment
+from selfexplain.feature_stats import SINGLE_TOKEN_MIN_FIRINGS, SINGLE_TOKEN_SHARE, token_alignment
 
 
 def single_token_alignment(lm, sae, heldout, windows, layer):
     """(n single-token features, median, q1, q3 of their decoder/token cosine), with the rule and
-    the cosine of `selfexplain.stats` (computed here without the contexts, which are slow)."""
+    the cosine of `selfexplain.feature_stats` (computed here without the contexts, which are slow)."""
     token_ids = windows[:, 1:].reshape(-1)
     values, indices = encode(sae, heldout.float())
     keep = values > 0

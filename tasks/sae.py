@@ -58,7 +58,7 @@ def sae_feature_stats(spec: str, release: str, sae_id: str, features: list[int])
     import polars as pl
 
     from selfexplain.saes import sae_folder
-    from selfexplain.stats import warehouse_rows
+    from selfexplain.feature_stats import warehouse_rows
     from selfexplain.statstore import load_stats_frame
 
     frame = load_stats_frame(cached_sae(spec), sae_folder(spec))

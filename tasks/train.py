@@ -95,7 +95,7 @@ def train_sae_task(model: str, corpus_dir: str, out_dir: str, config: TrainSaeCo
 def feature_stats_task(model: str, sae_dir: str, corpus_dir: str, tokens: int) -> str:
     """Compute the statistics over held-out text and write feature_stats.parquet and
     typical_inputs.safetensors next to the SAE."""
-    from selfexplain.stats import STATS_FILE, heldout_activations, write_sae_statistics
+    from selfexplain.feature_stats import STATS_FILE, heldout_activations, write_sae_statistics
 
     lm = _model(model)
     sae, windows, acts = heldout_activations(lm, Path(sae_dir), Path(corpus_dir), tokens=tokens)
@@ -106,6 +106,6 @@ def feature_stats_task(model: str, sae_dir: str, corpus_dir: str, tokens: int) -
 @task(name="feature-stats-rows", cache_policy=NO_CACHE)
 def feature_stats_rows_task(sae_dir: str, release: str, sae_id: str) -> pl.DataFrame:
     """The shipped statistics as rows of the warehouse table feature_stats."""
-    from selfexplain.stats import load_feature_stats, warehouse_rows
+    from selfexplain.feature_stats import load_feature_stats, warehouse_rows
 
     return warehouse_rows(load_feature_stats(Path(sae_dir)), release=release, sae_id=sae_id)

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from selfexplain.errors import InputError, build_validated
 from selfexplain.models import LoadedModel
-from selfexplain.stats import (
+from selfexplain.feature_stats import (
     CONTEXT_LEFT,
     CONTEXT_RIGHT,
     N_CONTEXTS,
@@ -261,7 +261,7 @@ class TrainAccumulator:
         return (centred / self.sums.clamp_min(1e-12)[:, None]).float()
 
     def frame(self, decode: Callable[[list[int]], str]) -> pl.DataFrame:
-        """The statistics in `stats.SCHEMA` (vocabproj and token alignment left to the caller),
+        """The statistics in `feature_stats.SCHEMA` (vocabproj and token alignment left to the caller),
         plus `top_context_windows`: each context's tokens and the latent's activation on each."""
         if self.n_tokens <= 0:
             raise InputError("feature statistics need at least one token")
@@ -650,7 +650,7 @@ def _write_results(lm: LoadedModel, encoder: SaeEncoder, folder: Path, train: Tr
     """Every file, then the manifest last (its presence marks a complete collect)."""
     from safetensors.torch import save_file
 
-    from selfexplain.stats import token_alignment, vocab_projection
+    from selfexplain.feature_stats import token_alignment, vocab_projection
 
     decode = lambda ids: lm.tokenizer.decode(ids)  # noqa: E731
     directions = encoder.decoder.float()

@@ -32,7 +32,7 @@ from selfexplain.saes import (
     read_typical_inputs,
     sae_folder,
 )
-from selfexplain.stats import STATS_FILE
+from selfexplain.feature_stats import STATS_FILE
 
 
 def stats_root() -> Path:
@@ -118,8 +118,8 @@ def attach_statistics(sae: SaeDirections, folder: Path | None = None) -> SaeDire
 
 
 def load_stats_frame(sae: SaeDirections, folder: Path | None = None) -> pl.DataFrame | None:
-    """The per-latent statistics (`stats.SCHEMA`) of this SAE, or None when none exist."""
-    from selfexplain.stats import load_feature_stats
+    """The per-latent statistics (`feature_stats.SCHEMA`) of this SAE, or None when none exist."""
+    from selfexplain.feature_stats import load_feature_stats
 
     where = Path(sae.stats_dir) if sae.stats_dir else None
     if where is None:

@@ -19,7 +19,7 @@ from selfexplain.documents import open_documents, token_windows
 from selfexplain.encoders import load_encoder
 from selfexplain.errors import InputError, SaeLoadError
 from selfexplain.statstore import load_sae
-from selfexplain.stats import feature_stats, typical_inputs
+from selfexplain.feature_stats import feature_stats, typical_inputs
 from selfexplain.statstore import collect_statistics, find_stats
 from selfexplain.train_sae import collect_activations
 from tests.conftest import write_sae_folder

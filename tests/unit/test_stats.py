@@ -14,7 +14,7 @@ import torch
 from tests.conftest import build_tiny_model, build_tiny_tokenizer
 from cli.cli import main as cli_main
 from selfexplain.errors import InputError
-from selfexplain.stats import (
+from selfexplain.feature_stats import (
     SCHEMA,
     feature_stats,
     load_feature_stats,

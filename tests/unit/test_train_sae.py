@@ -213,7 +213,7 @@ def test_existing_folder_kept_unless_overwrite(tmp_path, tiny_lm):
 
 
 def test_cli_trains_and_writes_statistics(tmp_path, capsys):
-    from selfexplain.stats import load_feature_stats
+    from selfexplain.feature_stats import load_feature_stats
 
     lm = build_tiny_model("llama")
     model_dir = tmp_path / "model"
@@ -252,7 +252,7 @@ def test_tasks_write_folder_and_statistics(tmp_path):
     from prefect.logging import disable_run_logger
 
     from selfexplain.saes import DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE, folder_sae_id
-    from selfexplain.stats import load_feature_stats
+    from selfexplain.feature_stats import load_feature_stats
     from tasks.train import (
         TrainSaeRequest,
         build_corpus_task,

@@ -14,7 +14,7 @@ from selfexplain.errors import InputError, SaeLoadError
 from selfexplain.explain import SelfExplainer, explain_sae_features
 from selfexplain.saes import TYPICAL_INPUTS_FILE
 from selfexplain.statstore import load_sae
-from selfexplain.stats import typical_inputs, write_typical_inputs
+from selfexplain.feature_stats import typical_inputs, write_typical_inputs
 from tests.conftest import write_sae_folder
 
 
