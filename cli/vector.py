@@ -13,7 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
-PROMPTS = Path(__file__).resolve().parents[1] / "data" / "prompts"
+import selfexplain
+
+PROMPTS = Path(selfexplain.__file__).resolve().parent / "data" / "prompts"
+"""The prompt sets the core package ships (`selfexplain/data/prompts/`)."""
 PAIRS = {"refusal": ("harmful.txt", "harmless.txt"), "sentiment": ("positive.txt", "negative.txt")}
 
 
