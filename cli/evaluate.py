@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from cli.explain import add_runtime_arguments
+from cli.explain import ADAPTER_HELP, add_runtime_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--direction", choices=["decoder", "input", "auto"], default=None,
                         help="real suite: inject each latent's decoder row, its typical input, "
                         "or auto (the preset's own: default auto, faithful decoder)")
+    parser.add_argument("--adapter", default=None, help=ADAPTER_HELP)
     parser.add_argument("--seed", type=int, default=0)
     add_runtime_arguments(parser)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; "
@@ -82,7 +83,8 @@ def request_from_args(args: argparse.Namespace):
         null_directions=args.null if args.null is not None else 32 if thorough else 0,
         seed=args.seed, sae=args.sae, model=args.model,
         overrides={"precision": args.precision,
-                   **({"direction": args.direction} if args.direction else {})},
+                   **({"direction": args.direction} if args.direction else {}),
+                   **({"adapter": args.adapter} if args.adapter else {})},
     ), "request")
 
 

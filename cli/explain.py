@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+ADAPTER_HELP = ("a learned self-interpretation adapter: auto (the one shipped for the default "
+                "model, when the model is that model), default (insist on it), none (inject "
+                "scale x direction, the published method) or a file from train-adapter "
+                "(default: the preset's own)")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every command that builds an ExplainConfig."""
     parser.add_argument("--model", default="default", help="`default`, a HF id or folder, or a .gguf file")
@@ -46,6 +52,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", choices=["decoder", "input", "auto"],
                         help="SAE latents: inject the decoder row, the latent's typical input, "
                         "or auto: the typical input when the SAE ships it (default preset)")
+    parser.add_argument("--adapter", help=ADAPTER_HELP)
     add_runtime_arguments(parser)
 
 
@@ -76,6 +83,7 @@ def config_from_args(args: argparse.Namespace):
         failure_metric=args.failure_metric,
         failure_threshold=args.failure_threshold,
         direction=args.direction,
+        adapter=args.adapter,
         precision=args.precision,
     )
 

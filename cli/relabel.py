@@ -12,7 +12,7 @@ from selfexplain.locations import DEFAULT_WAREHOUSE
 
 OVERRIDE_FLAGS = ("scale_unit", "selection", "placeholder", "injection_layer", "probe_layer",
                   "max_new_tokens", "failure_metric", "failure_threshold", "direction",
-                  "precision")
+                  "adapter", "precision")
 """Engine flags that travel in the request's `overrides` (preset/scales/samples/seed have fields)."""
 
 

@@ -6,6 +6,7 @@ down unchanged. Defaults live here and nowhere else.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Literal
 
@@ -138,6 +139,11 @@ class ExplainConfig(BaseModel):
     token, over every answer of both prompts, where the round trip peaks (of `to order` the
     ` order`): single-token recovery on 100 DEV features 48% -> 78% with typical inputs, 14% ->
     38% on decoder rows (scripts/recovery_study.py)."""
+    adapter: str = "none"
+    """A learned self-interpretation adapter (`adapter.py`): `none` injects `scale * direction`
+    (the published method), `auto` the adapter shipped for the default model when the model is
+    that model, `default` insists on it, or a path to an adapter file
+    (`selfexplain train-adapter`). The settings hash records the adapter's content digest."""
     precision: Precision = "float32"
     """The model's weights and activations: the engine checks that the loaded model matches.
     bfloat16 is 4x float32's matmul throughput on this CPU (AVX512-BF16) and what the product's
@@ -154,6 +160,13 @@ class ExplainConfig(BaseModel):
     @classmethod
     def _generation_grid(cls, grid: tuple[float, ...] | None) -> tuple[float, ...] | None:
         return None if grid is None else _check_grid(grid, "generation scale grid")
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, value: str) -> str:
+        from selfexplain.adapter import check_spec
+
+        return check_spec(value)
 
     @field_validator("placeholder")
     @classmethod
@@ -212,7 +225,12 @@ class ExplainConfig(BaseModel):
             exclude.add("repeat_max_new_tokens")
         if self.token_recovery == "answer":
             exclude.add("token_recovery")
-        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
+        dump = self.model_dump(mode="json", exclude=exclude | {"adapter"})
+        if self.adapter != "none" and "adapter" not in exclude:
+            from selfexplain.adapter import spec_digest
+
+            dump["adapter"] = spec_digest(self.adapter)  # the content, not the name or path
+        return hashlib.sha256(json.dumps(dump, separators=(",", ":")).encode()).hexdigest()[:16]
 
 def check_layers(injection_layer: int, probe_layer: int | None, n_layers: int) -> None:
     """Raise InputError when the injection or probe layer does not fit a model of `n_layers`

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from selfexplain.adapter import Adapter, resolve_for_model
 from selfexplain.config import ExplainConfig, check_layers
 from selfexplain.errors import InputError
 from selfexplain.forward import PrefixCache, prompt_pass, residual_norm
@@ -67,6 +68,8 @@ class SelfExplainer:
     def __init__(self, lm: LoadedModel, config: ExplainConfig) -> None:
         self.lm = lm
         self.config = config
+        self.adapter: Adapter | None = resolve_for_model(config.adapter, lm, config.injection_layer)
+        """What is injected is `adapter.apply(scale, direction)` (None: `scale * direction`)."""
         if lm.dtype != config.torch_dtype:
             raise InputError(f"the model is loaded in {str(lm.dtype).removeprefix('torch.')} but the "
                              f"configuration asks for {config.precision}: load it with "
@@ -112,7 +115,8 @@ class SelfExplainer:
         prefix = PrefixCache(lm, prompt)
         embedding = lm.model.get_input_embeddings().weight.float().mean(dim=0).cpu()  # (d_model,)
         mean_direction = embedding / embedding.norm()
-        vectors = torch.cat([torch.zeros(1, lm.d_model), self.scales[:, None] * mean_direction])
+        scales = torch.cat([torch.zeros(1), self.scales])  # (1 + scales,)
+        vectors = self._injected(scales, mean_direction.expand(len(scales), -1))
         passes = [
             prompt_pass(lm, prompt, prefix, chunk, self.injection_layer, self.probe_layer)
             for chunk in vectors.split(self.batch_rows)
@@ -178,9 +182,11 @@ class SelfExplainer:
         width = len(grid[0])
         index = torch.tensor(grid)  # (features, width) indices into the metric grid
         scales = self.scales[index]  # (features, width)
-        vectors = (scales[..., None] * directions[:, None, :]).reshape(-1, d_model)
+        vectors = self._injected(scales.reshape(-1),
+                                 directions[:, None, :].expand(-1, width, -1).reshape(-1, d_model))
         clock = time.perf_counter()
-        out, probe, logits, position = self._metric_pass(state, vectors, faithful)
+        out, probe, logits, position = self._metric_pass(state, vectors, scales.reshape(-1) == 0,
+                                                         faithful)
         probe = probe.view(n_features, width, d_model)
         logits = logits.view(n_features, width, -1)
         selfsim = self_similarity(probe, state.probe_zero, directions)  # (features, width)
@@ -257,14 +263,14 @@ class SelfExplainer:
         self._tick("selection", clock)
         return result
 
-    def _metric_pass(self, state: _PromptState, vectors: Tensor, faithful: bool):
+    def _metric_pass(self, state: _PromptState, vectors: Tensor, zero: Tensor, faithful: bool):
         """The prompt pass of every (feature x scale) row: (pass, probe (rows, d_model), logits
-        (rows, vocab), position (rows,)). Rows at scale 0 inject nothing, so the prompt's own
-        scale-0 pass stands in for them (a ninth of the default grid) whenever no sample is drawn
+        (rows, vocab), position (rows,)). Rows at scale 0 (`zero`, (rows,)) inject the same vector
+        for every feature (nothing, or the adapter's bias), so the prompt's own scale-0 pass
+        stands in for them (a ninth of the default grid) whenever no sample is drawn
         from their cache: in faithful mode (fresh passes) or when scales under `min_scale` are
         never sampled. `pass` holds only the rows that ran; `position` maps a row to its row in
         `pass` (-1: skipped)."""
-        zero = vectors.abs().amax(dim=-1) == 0  # (rows,)
         skip = zero if (faithful or self.min_scale > 0) else torch.zeros_like(zero)
         ran = (~skip).nonzero().squeeze(-1)  # (ran,)
         out = prompt_pass(self.lm, state.prompt, state.prefix, vectors[ran], self.injection_layer,
@@ -276,6 +282,13 @@ class SelfExplainer:
         position = torch.full((len(vectors),), -1, dtype=torch.long)
         position[ran] = torch.arange(len(ran))
         return out, probe, logits, position
+
+    def _injected(self, scales: Tensor, directions: Tensor) -> Tensor:
+        """What is written at the placeholders: scales (n,) absolute, directions (n, d_model)
+        unit -> (n, d_model); `scale * direction`, or the adapter's affine map of it."""
+        if self.adapter is None:
+            return scales[:, None] * directions
+        return self.adapter.apply(scales, directions)
 
     def _budget(self, kind: str) -> int:
         """New tokens per sample of this prompt."""
@@ -318,7 +331,8 @@ class SelfExplainer:
         texts: list[str] = []
         for start in range(0, len(rows), self.batch_rows):
             batch = rows[start : start + self.batch_rows]
-            vectors = torch.stack([scale * directions[f] for f, scale, _ in batch])
+            vectors = self._injected(torch.tensor([scale for _, scale, _ in batch]),
+                                     torch.stack([directions[f] for f, _, _ in batch]))
             result = prompt_pass(self.lm, state.prompt, state.prefix, vectors,
                                  self.injection_layer, self.probe_layer, keep_cache=True)
             texts.extend(sample_continuations(

@@ -1,4 +1,5 @@
-"""Sampling explanations after an injected prompt pass, with a KV cache, cut at the closing quote.
+"""Sampling explanations after an injected prompt pass, with a KV cache, cut at the closing quote
+or the first line break (a label is one clean line).
 
 Each row draws from its own seeded generator (inverse-CDF sampling at temperature T, no top-k/top-p:
 one uniform number per row and step), so a sample depends only on (seed, feature, prompt, scale
@@ -32,7 +33,9 @@ def row_seed(*parts: object) -> int:
 
 @lru_cache(maxsize=8)
 def _stop_tables(tokenizer: object) -> tuple[Tensor, Tensor]:
-    """(is_stop (vocab,), has_quote (vocab,)) boolean tables for one tokenizer."""
+    """(is_stop (vocab,), ends_answer (vocab,)) boolean tables for one tokenizer: a token ends the
+    answer when it holds the closing quote or a line break (past either comes template debris,
+    never the label)."""
     vocab_size = len(tokenizer)  # type: ignore[arg-type]
     is_stop = torch.zeros(vocab_size, dtype=torch.bool)
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -43,14 +46,17 @@ def _stop_tables(tokenizer: object) -> tuple[Tensor, Tensor]:
     for token in END_OF_TURN_TOKENS:
         if token in vocab:
             is_stop[vocab[token]] = True
-    pieces = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))  # type: ignore[attr-defined]
-    has_quote = torch.tensor(['"' in (p or "") for p in pieces], dtype=torch.bool)
-    # Byte-level BPE and sentencepiece both spell '"' as itself inside token strings.
-    return is_stop, has_quote
+    # decoded, not raw pieces: byte-level BPE spells a line break `Ċ`
+    pieces = tokenizer.batch_decode([[i] for i in range(vocab_size)])  # type: ignore[attr-defined]
+    ends_answer = torch.tensor(['"' in p or "\n" in p for p in pieces], dtype=torch.bool)
+    return is_stop, ends_answer
 
 
-def _cut(text: str) -> str:
-    return text.split('"', 1)[0].strip()
+def clean_label(text: str) -> str:
+    """One clean line: the text before the closing quote and before any line break, runs of
+    whitespace collapsed (seen as a label before: `focus.` + a line of template debris + a blank
+    line + an unrelated sentence)."""
+    return " ".join(text.split('"', 1)[0].split("\n", 1)[0].split())
 
 
 @torch.inference_mode()
@@ -65,7 +71,7 @@ def sample_continuations(
 ) -> list[str]:
     """Sample up to `max_new_tokens` per row; stop at end of turn/sequence or a closing quote."""
     rows = first_logits.shape[0]
-    is_stop, has_quote = _stop_tables(lm.tokenizer)
+    is_stop, ends_answer = _stop_tables(lm.tokenizer)
     vocab = min(first_logits.shape[-1], is_stop.shape[0])
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -79,7 +85,7 @@ def sample_continuations(
         chosen[live] = sample_tokens(logits[live], uniform, temperature)  # logits[live]: a copy
         for c in live.tolist():
             tokens[int(in_cache[c])].append(int(chosen[c]))
-        alive[live] = ~(is_stop[chosen[live]] | has_quote[chosen[live]])
+        alive[live] = ~(is_stop[chosen[live]] | ends_answer[chosen[live]])
         if step == max_new_tokens - 1 or not alive.any():
             break
         if (~alive).sum() >= COMPACT_AT * len(in_cache):  # compact: drop finished rows
@@ -96,7 +102,7 @@ def sample_continuations(
     for row_tokens in tokens:
         while row_tokens and bool(is_stop[row_tokens[-1]]):
             row_tokens = row_tokens[:-1]
-        texts.append(_cut(lm.tokenizer.decode(row_tokens, skip_special_tokens=True)))  # type: ignore[attr-defined]
+        texts.append(clean_label(lm.tokenizer.decode(row_tokens, skip_special_tokens=True)))  # type: ignore[attr-defined]
     return texts
 
 
