@@ -78,18 +78,21 @@ def run(args: argparse.Namespace) -> int:
                                             seed=args.seed)
     print(f"{len(train_pairs)} training pairs, {len(dev_pairs)} DEV pairs; generating the meaning "
           "targets, then training")
-    bar = tqdm(total=config.steps, unit="step", desc="train-adapter", dynamic_ncols=True)
+    bars: list = []  # made at the first step: its rate is the training's, not the targets'
 
     def progress(step: int, loss: float) -> None:
-        bar.n = step
-        bar.set_postfix(loss=f"{loss:.3f}")
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=config.steps, initial=step - 1, unit="step",
+                             desc="train-adapter", dynamic_ncols=True))
+        bars[0].update(step - bars[0].n)
+        bars[0].set_postfix(loss=f"{loss:.3f}")
 
     try:
         adapter = train_adapter(lm, config, args.out, train_pairs=train_pairs, dev_pairs=dev_pairs,
                                 progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(describe(adapter))
     print(f"adapter: {args.out}")
     print(f"next: selfexplain explain --model {args.model} --adapter {args.out} --word ' dog'")

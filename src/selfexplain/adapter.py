@@ -95,8 +95,9 @@ def identity(d_model: int, injection_layer: int = 2) -> Adapter:
 
 def model_fingerprint(embedding: Tensor) -> str:
     """A digest of a model's input embedding matrix (vocab, d_model): which model an adapter
-    belongs to, whatever path or id it was loaded by. A strided sample keeps it cheap."""
-    flat = embedding.detach().float().flatten()
+    belongs to, whatever path, id or precision it was loaded by (values rounded to bfloat16, so
+    a float32 and a bfloat16 load agree). A strided sample keeps it cheap."""
+    flat = embedding.detach().to(torch.bfloat16).float().flatten()
     step = max(1, flat.numel() // 65_536)
     sample = flat[::step][:65_536].contiguous()
     digest = hashlib.sha256(f"{tuple(embedding.shape)}".encode())

@@ -394,8 +394,8 @@ def latent_split_features(stats: object, split: str, *, single: bool = True,
     `dev` (id % 4 == 2) or `test` (odd ids, the real suite's TEST); a seeded sample of `limit`."""
     import polars as pl
 
-    rule = {"train": pl.col("feature") % 4 == 0, "dev": pl.col("feature") % 4 == 2,
-            "test": pl.col("feature") % 2 == 1}[split]
+    part = pl.col("feature") % TRAIN_LATENT_MODULUS
+    rule = {"train": part == 0, "dev": part == 2, "test": pl.col("feature") % 2 == 1}[split]
     frame = stats.filter(rule & (pl.col("single_token") == single)  # type: ignore[attr-defined]
                          & (pl.col("density") > 0))
     if limit is not None and frame.height > limit:

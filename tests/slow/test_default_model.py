@@ -90,3 +90,24 @@ def test_gguf_cache_gives_the_same_model_and_survives_damage(tmp_path, default_l
     with torch.no_grad():
         assert torch.equal(again.model(ids).logits, default_lm.model(ids).logits)
     assert (folder / "model.safetensors").stat().st_size > 100_000_000
+
+
+def test_the_shipped_adapter_applies_to_the_default_model_and_names_more_words():
+    from selfexplain.adapter import resolve_for_model, shipped_adapter_path, load_adapter
+
+    default_lm = load_model("default", dtype=torch.bfloat16)
+    shipped = load_adapter(shipped_adapter_path())
+    # `auto` finds it for this model (in either precision: the fingerprint rounds to bfloat16)
+    assert resolve_for_model("auto", default_lm, 2).digest == shipped.digest
+    assert resolve_for_model("auto", default_lm, 3) is None  # trained for layer 2 only
+    hits = {}
+    for spec in ("none", "auto"):
+        config = ExplainConfig.from_preset("default", precision="bfloat16", adapter=spec)
+        explainer = SelfExplainer(default_lm, config)
+        planted = word_directions(default_lm, WORDS, explainer.injection_layer)
+        results = explainer.explain(planted, list(range(len(WORDS))), WORDS)
+        hits[spec] = sum(_named(w, [c.text for c in r.explanations]) for w, r in zip(WORDS, results))
+        assert all("\n" not in c.text for r in results for c in r.candidates)
+    print(f"planted words named in the top 3: without the adapter {hits['none']}/{len(WORDS)}, "
+          f"with it {hits['auto']}/{len(WORDS)}")
+    assert hits["auto"] >= max(hits["none"], len(WORDS) - 3)

@@ -161,13 +161,17 @@ def test_the_settings_hash_follows_the_adapter_content_not_its_path(tiny_lm, tmp
     copy.write_bytes(first.read_bytes())
     other = save_adapter(Adapter(1.0, torch.ones(lm.d_model) * 2, None, 2, "x"),
                          tmp_path / "b.safetensors")
-    none = _config()
+    none = _config(adapter="none")
     assert _config(adapter=str(first)).settings_hash() == _config(adapter=str(copy)).settings_hash()
     assert _config(adapter=str(first)).settings_hash() != _config(adapter=str(other)).settings_hash()
     assert _config(adapter=str(first)).settings_hash() != none.settings_hash()
     # `none` keeps the hash every stored run has (the field is left out at its neutral value)
-    assert "adapter" not in none.model_dump_json(exclude={"adapter"})
-    assert none.settings_hash() == _config(adapter="none").settings_hash()
+    import hashlib
+
+    before = none.model_dump_json(exclude={"adapter", "precision"})
+    assert none.settings_hash() == hashlib.sha256(before.encode()).hexdigest()[:16]
+    # the default preset's `auto` is part of its settings: not the hash of `none`
+    assert _config().adapter == "auto" and _config().settings_hash() != none.settings_hash()
     # the null (failure threshold) depends on what is injected, so it follows the adapter too
     assert _config(adapter=str(first)).null_hash() != none.null_hash()
 
@@ -180,3 +184,38 @@ def test_identity_is_identity_and_latent_pairs_refuse_test_ids():
     assert [p.token for p in pairs] == ["cat", "dog"]  # a token without a letter is no label
     with pytest.raises(InputError, match="odd ids"):
         latent_pairs(directions, [0, 1, 2], ["a", "b", "c"])
+
+
+def test_train_adapter_writes_the_file_and_clears_its_resume_state(tmp_path):
+    from selfexplain.adapter_training import train_adapter
+
+    lm = _sharp_tiny_model()
+    torch.manual_seed(2)
+    directions = torch.nn.functional.normalize(torch.randn(4, lm.d_model), dim=-1)
+    pairs = [TrainPair(directions[i], t, "word") for i, t in enumerate(["ab", "cd", "ef", "gh"])]
+    config = AdapterTrainConfig(steps=4, batch_size=4, scales=(1.0,), save_every=2)
+    out = tmp_path / "adapters" / "tiny.safetensors"
+    seen = []
+    adapter = train_adapter(lm, config, out, train_pairs=pairs, dev_pairs=pairs[:2],
+                            progress=lambda step, loss: seen.append(step))
+    assert seen == [1, 2, 3, 4]
+    assert load_adapter(out).digest == adapter.digest
+    # the meaning targets were the model's own answers (`self`), and nothing is left behind
+    assert not (tmp_path / "adapters" / "tiny.safetensors.state.pt").exists()
+    assert not (tmp_path / "adapters" / "tiny.safetensors.targets.json").exists()
+    with pytest.raises(InputError, match=".safetensors"):
+        train_adapter(lm, config, tmp_path / "a.pt", train_pairs=pairs)
+
+
+def test_train_adapter_command_refuses_bad_input_in_one_line(tiny_model_dir, tmp_path, capsys):
+    from cli.cli import main
+
+    out = str(tmp_path / "a.safetensors")
+    assert main(["train-adapter", "--out", str(tmp_path / "a.bin"), "--sae", "none"]) == 2
+    assert "write the adapter to a .safetensors file" in capsys.readouterr().err
+    assert main(["train-adapter", "--out", out, "--steps", "0", "--sae", "none"]) == 2
+    assert "invalid steps" in capsys.readouterr().err
+    # a character-level tokenizer has no whole words: said, with the count
+    assert main(["train-adapter", "--out", out, "--model", tiny_model_dir, "--sae", "none",
+                 "--precision", "float32"]) == 2
+    assert "vocabulary words qualify" in capsys.readouterr().err
