@@ -30,7 +30,8 @@ WORDS = ("cat dog river mountain happy anger music number code python function k
 
 
 def build(path: Path, n: int, seed: int = 0) -> None:
-    from selfexplain.warehouse import Warehouse, frame
+    from selfexplain.warehouse import Warehouse
+    from selfexplain.warehouse_rows import frame
 
     rng = random.Random(seed)
     now = dt.datetime.now(dt.timezone.utc)

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selfexplain.errors import InputError
-    from selfexplain.warehouse import open_reader
+    from selfexplain.warehouse_read import open_reader
 
     path = args.warehouse.expanduser()
     if not path.is_file():

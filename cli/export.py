@@ -63,7 +63,7 @@ def neuronpedia_rows(labels):
 
 
 def run(args: argparse.Namespace) -> int:
-    from selfexplain.warehouse import open_reader
+    from selfexplain.warehouse_read import open_reader
 
     with open_reader(args.warehouse) as wh:
         if wh.note:

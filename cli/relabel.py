@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 def _preview(warehouse: str, summary: dict) -> None:
     import polars as pl
 
-    from selfexplain.warehouse import open_reader
+    from selfexplain.warehouse_read import open_reader
 
     with open_reader(warehouse) as wh:
         labels = wh.query(

@@ -35,7 +35,7 @@ def sae_stats(spec: str):
 
 def latest_label(warehouse: str, release: str, sae_id: str, feature: int) -> dict | None:
     """The current label row of v_feature_labels, or None when there is no label (or no view)."""
-    from selfexplain.warehouse import open_reader
+    from selfexplain.warehouse_read import open_reader
 
     with open_reader(warehouse) as reader:
         if "v_feature_labels" not in reader.views():

@@ -70,7 +70,7 @@ def _kind(statement) -> str:
 def run(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from selfexplain.warehouse import open_reader
+    from selfexplain.warehouse_read import open_reader
 
     check_read_only(args.query)
     with open_reader(args.warehouse, snapshot=True if args.snapshot else None) as wh:

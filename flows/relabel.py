@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 
 from selfexplain.errors import SelfExplainError
 from selfexplain.runlock import writer_lock
-from selfexplain.warehouse import frame, utc_now
+from selfexplain.warehouse_rows import frame, utc_now
 from tasks.artifacts import artifact_key, publish_artifacts, start_progress, update_progress
 from tasks.carryover import (
     carry_over_labels,

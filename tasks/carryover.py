@@ -27,7 +27,8 @@ from selfexplain.carryover import (
 from selfexplain.errors import SelfExplainError
 from selfexplain.saes import DEFAULT_SAE
 from selfexplain.runlock import writer_lock
-from selfexplain.warehouse import Warehouse, conform, utc_now
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_rows import conform, utc_now
 from tasks.request import SaeInfo
 from tasks.retry import retry_transient
 from tasks.sae import cached_sae

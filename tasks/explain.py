@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from selfexplain.config import ExplainConfig, torch_dtype
 from selfexplain.models import LoadedModel, load_model
-from selfexplain.warehouse import feature_rows, frame, utc_now
+from selfexplain.warehouse_rows import feature_rows, frame, utc_now
 from tasks.request import RelabelRequest, SaeInfo, shard_key
 from tasks.retry import retry_transient
 from tasks.sae import cached_sae

@@ -6,7 +6,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from selfexplain.warehouse import utc_now
+from selfexplain.warehouse_rows import utc_now
 from tasks.sae import cached_sae
 
 

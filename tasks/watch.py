@@ -20,7 +20,8 @@ from selfexplain.errors import InputError
 from selfexplain.models import DEFAULT_MODEL_ID
 from selfexplain.saes import folder_sae_id, installed_registry_path
 from selfexplain.runlock import writer_lock
-from selfexplain.warehouse import Warehouse, frame, utc_now
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_rows import frame, utc_now
 from tasks.retry import retry_transient
 from tasks.store import _WRITER
 

@@ -13,7 +13,7 @@ from selfexplain.errors import InputError
 def reference_frame(path: Path, source: str, release: str, sae_id: str):
     """Reference labels from a Neuronpedia-like JSONL file, checked line by line: every problem is
     one InputError naming the line (lines without a description are left out)."""
-    from selfexplain.warehouse import frame, utc_now
+    from selfexplain.warehouse_rows import frame, utc_now
 
     try:
         text = Path(path).read_text(encoding="utf-8")

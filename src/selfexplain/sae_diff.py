@@ -86,7 +86,7 @@ def label_pairs(warehouse: str, pairs, a: tuple[str, str], b: tuple[str, str]):
     """Matched pairs joined with both sides' current labels (None when the warehouse has none)."""
     import polars as pl
 
-    from selfexplain.warehouse import open_reader
+    from selfexplain.warehouse_read import open_reader
 
     with open_reader(warehouse) as wh:
         if "v_feature_labels" not in wh.views():
@@ -138,7 +138,7 @@ def by_cosine(fresh, edges=(0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)):
 def record(warehouse: str, matches, a: tuple[str, str], b: tuple[str, str]) -> None:
     """Store the matches in `feature_match` (so v_label_changes shows the pairs)."""
     from selfexplain.runlock import write_locked
-    from selfexplain.warehouse import conform, utc_now
+    from selfexplain.warehouse_rows import conform, utc_now
 
     rows = matches.table_rows(release=b[0], sae_id=b[1], source_release=a[0],
                               source_sae_id=a[1], matched_at=utc_now())

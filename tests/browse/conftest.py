@@ -12,7 +12,8 @@ import pytest
 from selfexplain.config import ExplainConfig
 from selfexplain.explain import explain_sae_features
 from selfexplain.statstore import load_sae
-from selfexplain.warehouse import Warehouse, feature_rows, frame
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_rows import feature_rows, frame
 from tests.conftest import write_sae_folder
 
 RELEASE, SAE_ID = "local:tiny_sae", "tiny_sae"

@@ -13,7 +13,7 @@ import pytest
 
 from flows.evaluate import EvaluateParams, evaluate
 from selfexplain.evaluation.suite import EvalRequest
-from selfexplain.warehouse import open_reader
+from selfexplain.warehouse_read import open_reader
 
 TINY = {"max_new_tokens": 3, "top_scales": 2, "samples_per_scale": 1, "batch_rows": 64}
 """Engine overrides that keep the tiny model's planted run to seconds."""

@@ -10,7 +10,8 @@ from selfexplain.errors import InputError
 from selfexplain.evaluation import thresholds
 from selfexplain.explain import SelfExplainer
 from selfexplain.models import load_model
-from selfexplain.warehouse import Warehouse, open_reader
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_read import open_reader
 from tasks.request import RelabelRequest
 
 

@@ -8,7 +8,8 @@ import pytest
 
 import tasks.explain
 from flows.relabel import relabel
-from selfexplain.warehouse import Warehouse, open_reader
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_read import open_reader
 from tasks.request import RelabelRequest
 
 TABLES = ["run", "shard_done", "label", "label_current", "explanation", "scale_metric", "sae"]

@@ -12,7 +12,8 @@ import torch
 import tasks.explain
 from flows.relabel import relabel
 from cli.cli import main
-from selfexplain.warehouse import Warehouse, open_reader
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_read import open_reader
 from tasks.request import RelabelRequest
 from tests.conftest import write_sae_folder
 

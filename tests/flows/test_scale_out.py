@@ -14,7 +14,7 @@ import pytest
 from flows.cluster import SHARD_DEPLOYMENT, LocalCluster
 from flows.merge import ShardFailed, scale_out
 from flows.relabel import relabel
-from selfexplain.warehouse import open_reader
+from selfexplain.warehouse_read import open_reader
 from tasks.request import RelabelRequest
 
 pytestmark = pytest.mark.cluster

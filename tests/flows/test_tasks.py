@@ -6,7 +6,8 @@ import pytest
 from prefect.logging import disable_run_logger
 
 from selfexplain.errors import InputError
-from selfexplain.warehouse import Warehouse, frame, utc_now
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_rows import frame, utc_now
 from tasks.request import RelabelRequest, compact, shard_key, split_shards
 from tasks.watch import WatchFilter, read_registry, scan_inbox
 

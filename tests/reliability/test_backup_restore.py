@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from cli.cli import main
 from selfexplain.errors import WarehouseError
-from selfexplain.warehouse import MEMORY, Warehouse, backup, default_sql_dir, frame, restore
+from selfexplain.warehouse import MEMORY, Warehouse, backup, default_sql_dir, restore
+from selfexplain.warehouse_rows import frame
 from tests.sql.conftest import make_results
 from tests.sql.test_upserts import sample_rows
 

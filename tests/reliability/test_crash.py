@@ -13,7 +13,8 @@ import pytest
 
 import relabel_proc
 from rel_common import assert_same_rows, contents, relabel_args
-from selfexplain.warehouse import Warehouse, open_reader
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_read import open_reader
 
 FEATURES = list(range(12))
 SHARD = 3

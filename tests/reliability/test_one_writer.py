@@ -157,7 +157,7 @@ def test_every_writer_waits_or_says_in_one_line_that_another_holds_the_warehouse
 
 
     from selfexplain.runlock import write_locked
-    from selfexplain.warehouse import frame, utc_now
+    from selfexplain.warehouse_rows import frame, utc_now
     from tasks.score import best_scored_current
     from tasks.watch import record_changes
 

@@ -14,7 +14,9 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from selfexplain.warehouse import MEMORY, Warehouse, frame
+from selfexplain.warehouse import MEMORY, Warehouse
+
+from selfexplain.warehouse_rows import frame
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 RUNS = ["run-a", "run-b", "run-c"]

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from cli.cli import main
-from selfexplain.warehouse import Warehouse, feature_rows, frame
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_rows import feature_rows, frame
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from selfexplain.warehouse import Warehouse, WarehouseInUse, open_reader, snapshot_path
+from selfexplain.warehouse import Warehouse, WarehouseInUse, snapshot_path
+
+from selfexplain.warehouse_read import open_reader
 from tests.sql.conftest import held_by_another_process, with_one_reference_label
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from selfexplain.errors import WarehouseError
-from selfexplain.warehouse import SCHEMAS, feature_rows, frame
+from selfexplain.warehouse_rows import SCHEMAS, feature_rows, frame
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from selfexplain.evaluation.stats import wilson
-from selfexplain.warehouse import feature_rows, frame
+from selfexplain.warehouse_rows import feature_rows, frame
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 T1 = T0 + dt.timedelta(hours=1)

@@ -28,7 +28,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from selfexplain.browse import queries
 from selfexplain.browse.charts import sweep_svg
-from selfexplain.warehouse import Warehouse, open_reader
+from selfexplain.warehouse import Warehouse
+from selfexplain.warehouse_read import open_reader
 
 TEMPLATES = Path(__file__).parent / "templates"
 
