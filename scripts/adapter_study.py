@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=40)
     parser.add_argument("--suites", default="planted,decoder,input,multi")
     parser.add_argument("--settings", default="{}", help="AdapterTrainConfig fields as JSON")
-    parser.add_argument("--target-cache", default="/tmp/selfexplain-adapter-targets.json")
+    parser.add_argument("--target-cache", default=str(Path(tempfile.gettempdir())
+                                                      / "selfexplain-adapter-targets.json"))
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="docs/evaluation/adapter/study.jsonl")
     args = parser.parse_args()
@@ -120,7 +122,7 @@ def main() -> None:
         adapter = train(trainer, progress=lambda step, loss: print(
             f"step {step}/{settings.steps} loss {loss:.3f} ({time.perf_counter() - began:.0f} s)",
             flush=True) if step % 25 == 0 else None)
-        path = args.save or f"/tmp/adapter-{settings.digest()}.safetensors"
+        path = args.save or str(Path(tempfile.gettempdir()) / f"adapter-{settings.digest()}.safetensors")
         save_adapter(adapter, path)
         record = {"adapter": path, "settings": json.loads(settings.model_dump_json()),
                   "words": args.words, "latents": args.latents, "latent_source": args.latent_source,
