@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from selfexplain.adapter import describe
+    from selfexplain.adapter import check_adapter_path, describe
     from selfexplain.adapter_training import AdapterTrainConfig, train_adapter, training_pairs
     from selfexplain.errors import build_validated
     from selfexplain.models import load_model, resolve_device
@@ -58,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
         injection_layer=args.layer, steps=args.steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, scale_bias=args.scale_bias,
         meaning_target=args.meaning_target, seed=args.seed))
-    if not args.out.endswith(".safetensors"):
-        from selfexplain.errors import InputError
-
-        raise InputError(f"--out {args.out}: write the adapter to a .safetensors file")
+    check_adapter_path(args.out)  # before the slow loads
     sae = stats = None
     if args.sae != "none" and args.latents:
         sae = load_sae(args.sae)  # an unknown SAE answers before the model loads

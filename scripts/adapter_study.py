@@ -21,10 +21,9 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from selfexplain.adapter import load_adapter, save_adapter
-from selfexplain.adapter_training import (AdapterTrainConfig, Trainer,
-                                          corpus_words, latent_split_features,
-                                          latent_pairs, train, vocabulary_words, word_pairs)
+from selfexplain.adapter import load_adapter
+from selfexplain.adapter_training import (AdapterTrainConfig, latent_split_features,
+                                          train_adapter, training_pairs)
 from selfexplain.config import ExplainConfig
 from selfexplain.evaluation.matching import same_token
 from selfexplain.evaluation.planted import run_planted, score_planted
@@ -86,8 +85,6 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=40)
     parser.add_argument("--suites", default="planted,decoder,input,multi")
     parser.add_argument("--settings", default="{}", help="AdapterTrainConfig fields as JSON")
-    parser.add_argument("--target-cache", default=str(Path(tempfile.gettempdir())
-                                                      / "selfexplain-adapter-targets.json"))
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="docs/evaluation/adapter/study.jsonl")
     args = parser.parse_args()
@@ -100,30 +97,16 @@ def main() -> None:
     record: dict = {"adapter": path}
     if path is None:
         settings = AdapterTrainConfig(**json.loads(args.settings))
-        planted = [c.name for s in ("dev", "test") for c in load_words(s)]
-        known = corpus_words()
-        words = vocabulary_words(lm, planted, limit=args.words, seed=settings.seed, known=known)
-        pairs = word_pairs(lm, words, layer) if args.words else []
-        top = dict(zip(stats["feature"].to_list(), stats["top_tokens"].to_list()))
-        train_latents = latent_split_features(stats, "train", limit=args.latents) if args.latents else []
-        sources = ["decoder", "input"] if args.latent_source == "both" else [args.latent_source]
-        for source in sources:
-            directions, kept, _ = sae.unit_directions(train_latents, source)
-            pairs += latent_pairs(directions, kept, [top[f][0] for f in kept])
-        dev_words = vocabulary_words(lm, planted, limit=args.words + 64, seed=settings.seed,
-                                     known=known)[-64:]
-        print(f"{len(pairs)} pairs ({time.perf_counter() - STARTED:.0f} s)", flush=True)
-        cache_path = Path(args.target_cache)
-        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-        trainer = Trainer(lm, settings, pairs, word_pairs(lm, dev_words, layer), cache)
-        cache_path.write_text(json.dumps(cache))
-        print(f"targets ready ({time.perf_counter() - STARTED:.0f} s)", flush=True)
+        train_pairs, dev_pairs = training_pairs(
+            lm, layer, words=args.words, sae=sae, stats=stats, latents=args.latents,
+            latent_source=args.latent_source, seed=settings.seed)
+        print(f"{len(train_pairs)} pairs ({time.perf_counter() - STARTED:.0f} s)", flush=True)
         began = time.perf_counter()
-        adapter = train(trainer, progress=lambda step, loss: print(
+        path = args.save or str(Path(tempfile.gettempdir()) / f"adapter-{settings.digest()}.safetensors")
+        adapter = train_adapter(lm, settings, path, train_pairs=train_pairs, dev_pairs=dev_pairs,
+                                progress=lambda step, loss: print(
             f"step {step}/{settings.steps} loss {loss:.3f} ({time.perf_counter() - began:.0f} s)",
             flush=True) if step % 25 == 0 else None)
-        path = args.save or str(Path(tempfile.gettempdir()) / f"adapter-{settings.digest()}.safetensors")
-        save_adapter(adapter, path)
         record = {"adapter": path, "settings": json.loads(settings.model_dump_json()),
                   "words": args.words, "latents": args.latents, "latent_source": args.latent_source,
                   "info": json.loads(adapter.info)}

@@ -97,21 +97,30 @@ def model_fingerprint(embedding: Tensor) -> str:
     """A digest of a model's input embedding matrix (vocab, d_model): which model an adapter
     belongs to, whatever path, id or precision it was loaded by (values rounded to bfloat16, so
     a float32 and a bfloat16 load agree). A strided sample keeps it cheap."""
-    flat = embedding.detach().to(torch.bfloat16).float().flatten()
+    flat = embedding.detach().flatten()
     step = max(1, flat.numel() // 65_536)
-    sample = flat[::step][:65_536].contiguous()
+    # sample first, round after: the same values, without converting the whole matrix
+    sample = flat[::step][:65_536].to(torch.bfloat16).float().contiguous()
     digest = hashlib.sha256(f"{tuple(embedding.shape)}".encode())
     digest.update(sample.cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def save_adapter(adapter: Adapter, path: str | Path) -> Path:
-    """Write the adapter as .safetensors with its metadata (atomic: tmp file, then rename)."""
-    from safetensors.torch import save_file
-
+def check_adapter_path(path: str | Path) -> Path:
+    """Where an adapter may be written: a `.safetensors` file (one clear line otherwise)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise InputError(f"{path}: write the adapter to a .safetensors file")
+    return path
+
+
+def save_adapter(adapter: Adapter, path: str | Path) -> Path:
+    """Write the adapter as .safetensors with its metadata (atomic: temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    from selfexplain.feature_stats import write_atomically
+
+    path = check_adapter_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"bias": adapter.bias.detach().float().contiguous()}
     if adapter.scale_bias is not None:
@@ -120,10 +129,8 @@ def save_adapter(adapter: Adapter, path: str | Path) -> Path:
                 "injection_layer": str(adapter.injection_layer),
                 "model_fingerprint": adapter.model_fingerprint, "unit": repr(float(adapter.unit)),
                 "info": adapter.info}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return write_atomically(path, lambda partial: save_file(tensors, str(partial),
+                                                             metadata=metadata))
 
 
 def load_adapter(path: str | Path) -> Adapter:

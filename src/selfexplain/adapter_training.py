@@ -32,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from selfexplain.adapter import Adapter, model_fingerprint
+from selfexplain.adapter import Adapter, check_adapter_path, identity, model_fingerprint
 from selfexplain.errors import InputError
 from selfexplain.explain import NORM_TEXTS
 from selfexplain.forward import PrefixCache, residual_norm
@@ -157,13 +157,18 @@ def latent_pairs(directions: Tensor, features: Sequence[int], top_tokens: Sequen
     return pairs
 
 
+def quoted(token: str) -> str:
+    """A token as the answer that closes its prompt's opening quote."""
+    return f'{token}"'
+
+
 def meaning_targets(lm: LoadedModel, tokens: Sequence[str], mode: str, max_tokens: int,
                     cache: dict[str, str] | None = None) -> list[str]:
     """The meaning prompt's target per token: the model's own greedy answer with the literal
     token in the prompt, up to and including its closing quote (`self`), or `token"` (`word`).
     `cache` (token -> answer) is read and filled: generating is most of a run's set-up."""
     if mode == "word":
-        return [f'{t}"' for t in tokens]
+        return [quoted(t) for t in tokens]
     out: dict[str, str] = cache if cache is not None else {}
     unique = sorted(set(tokens) - set(out))
     tokenizer = lm.tokenizer
@@ -276,7 +281,7 @@ class Trainer:
             texts = meaning_targets(self.lm, tokens, self.config.meaning_target,
                                     self.config.max_target_tokens, self.target_cache)
         else:
-            texts = [f'{t}"' for t in tokens]
+            texts = [quoted(t) for t in tokens]
         return _Rows(prompt, PrefixCache(self.lm, prompt),
                      _encode_targets(self.lm, texts, self.config.max_target_tokens))
 
@@ -356,9 +361,7 @@ def train(trainer: Trainer, *, state_path: Path | None = None, progress: Progres
         if state_path is not None and (trainer.step % config.save_every == 0
                                        or trainer.step == config.steps):
             _save_atomic(trainer.state(), state_path)
-    dev_identity = trainer.dev_loss(Adapter(1.0, torch.zeros(trainer.lm.d_model), None,
-                                            config.injection_layer, trainer.fingerprint,
-                                            trainer.unit))
+    dev_identity = trainer.dev_loss(identity(trainer.lm.d_model, config.injection_layer))
     dev = trainer.dev_loss()
     window = trainer.losses[-20:]
     info = {"settings": json.loads(config.model_dump_json()), "pairs": len(trainer.pairs),
@@ -382,10 +385,10 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def _save_atomic(state: dict, path: Path) -> None:
+    from selfexplain.feature_stats import write_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda partial: torch.save(state, partial))
 
 
 def latent_split_features(stats: object, split: str, *, single: bool = True,
@@ -439,9 +442,7 @@ def train_adapter(lm: LoadedModel, config: AdapterTrainConfig, out: str | Path, 
     both are removed once the adapter is written."""
     from selfexplain.adapter import save_adapter
 
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise InputError(f"{out}: write the adapter to a .safetensors file")
+    out = check_adapter_path(out)
     state_path = out.with_name(out.name + ".state.pt")
     cache_path = out.with_name(out.name + ".targets.json")
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}

@@ -288,16 +288,16 @@ def write_typical_inputs(inputs: Tensor, sae_dir: Path) -> Path:
 
     from selfexplain.saes import TYPICAL_INPUTS_FILE
 
-    return _write_atomically(Path(sae_dir) / TYPICAL_INPUTS_FILE, lambda partial: save_file(
+    return write_atomically(Path(sae_dir) / TYPICAL_INPUTS_FILE, lambda partial: save_file(
         {"typical_inputs": inputs.half().contiguous()}, str(partial)))
 
 
 def write_feature_stats(frame: pl.DataFrame, sae_dir: Path) -> Path:
     """Write `feature_stats.parquet` into an SAE folder atomically (temp file, then rename)."""
-    return _write_atomically(Path(sae_dir) / STATS_FILE, frame.write_parquet)
+    return write_atomically(Path(sae_dir) / STATS_FILE, frame.write_parquet)
 
 
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> Path:
+def write_atomically(target: Path, write: Callable[[Path], object]) -> Path:
     """`write(partial)`, then rename onto `target` (readable by all); nothing left on error."""
     partial = target.with_name(target.name + ".partial")
     try:
