@@ -21,8 +21,7 @@ def train_adapter_task(model: str, out: str, settings: dict, words: int = 1000,
     returns {"path", "digest", "info"}. A killed run resumes from `<out>.state.pt`."""
     from selfexplain.adapter_training import AdapterTrainConfig, train_adapter, training_pairs
     from selfexplain.statstore import load_stats_frame
-    from tasks.explain import cached_model
-    from tasks.sae import cached_sae
+    from tasks.cache import cached_model, cached_sae
 
     log = get_run_logger()
     config = AdapterTrainConfig(**settings)

@@ -31,7 +31,7 @@ from selfexplain.warehouse import Warehouse
 from selfexplain.warehouse_rows import conform, utc_now
 from tasks.request import SaeInfo
 from tasks.retry import retry_transient
-from tasks.sae import cached_sae
+from tasks.cache import cached_sae
 from tasks.store import _WRITER
 
 

@@ -15,13 +15,13 @@ from prefect.cache_policies import NO_CACHE
 from selfexplain.evaluation.report import markdown_table, write_report
 from selfexplain.evaluation.suite import EvalOutput, EvalRequest, eval_result_rows, run_evaluation
 from tasks.artifacts import artifact_key
-from tasks.explain import cached_model
+from tasks.cache import cached_model
 
 
 def load_sae_and_stats(spec: str):
     """The SAE (cached per process) and its feature statistics."""
     from selfexplain.evaluation.real import feature_stats_for
-    from tasks.sae import cached_sae
+    from tasks.cache import cached_sae
 
     return cached_sae(spec), feature_stats_for(spec, cached_sae(spec))
 
@@ -68,7 +68,7 @@ def evaluation_rows(output: EvalOutput, eval_id: str) -> dict[str, pl.DataFrame]
     lm = cached_model(output.request.model, output.request.precision)
     release = sae_id = ""
     if output.request.suite in ("real", "all"):
-        from tasks.sae import cached_sae
+        from tasks.cache import cached_sae
 
         sae = cached_sae(output.request.sae)
         release, sae_id = sae.release, sae.sae_id

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from selfexplain.config import ExplainConfig, torch_dtype
-from selfexplain.models import LoadedModel, load_model
 from selfexplain.warehouse_rows import feature_rows, frame, utc_now
 from tasks.request import RelabelRequest, SaeInfo, shard_key
 from tasks.retry import retry_transient
-from tasks.sae import cached_sae
+from tasks.cache import cached_explainer, cached_sae, request_model
 
 
 @dataclass(frozen=True)
@@ -32,25 +29,6 @@ class ShardRows:
     seconds: float
     model_id: str
     model_revision: str
-
-
-@lru_cache(maxsize=1)
-def cached_model(spec: str, precision: str = "float32", device: str = "cpu") -> LoadedModel:
-    """One model load per process, reused by every shard this process runs."""
-    return load_model(spec, dtype=torch_dtype(precision), device=device)
-
-
-def request_model(request: RelabelRequest) -> LoadedModel:
-    """The request's model, in the precision its engine settings ask for, on its device."""
-    return cached_model(request.model, request.config().precision, request.device)
-
-
-@lru_cache(maxsize=1)
-def cached_explainer(spec: str, device: str, config: ExplainConfig):
-    """The engine's per-run state (prompt caches, baselines, scale grid) for this model+config."""
-    from selfexplain.explain import SelfExplainer
-
-    return SelfExplainer(cached_model(spec, config.precision, device), config)
 
 
 def prepare_engine(request: RelabelRequest) -> None:

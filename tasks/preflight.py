@@ -32,8 +32,9 @@ def preflight(request: RelabelRequest) -> Checked:
     model and engine settings. What is loaded here is cached and reused by the flow."""
     from selfexplain.saes import check_features, peek_width
     from selfexplain.warehouse import Warehouse, check_duckdb_file
+    from tasks.cache import cached_sae
     from tasks.explain import prepare_engine, resolve_layer_threshold
-    from tasks.sae import cached_sae, sae_info
+    from tasks.sae import sae_info
     from tasks.store import stored_features
 
     # What can be told from file headers first (no sae-lens import, no model): seconds.

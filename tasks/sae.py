@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from selfexplain.saes import DEFAULT_SAE, SaeDirections
-
-from selfexplain.statstore import load_sae
+from selfexplain.saes import DEFAULT_SAE
+from tasks.cache import cached_sae
 from tasks.request import SaeInfo
 from tasks.retry import retry_transient
-
-
-@lru_cache(maxsize=2)
-def cached_sae(spec: str) -> SaeDirections:
-    """One load per process: the SAE task and every shard in this process share it."""
-    return load_sae(spec)
 
 
 def source_of(spec: str) -> tuple[str, str | None]:
@@ -74,7 +66,7 @@ def collect_stats(spec: str, model: str, corpus: str, tokens: int, device: str =
     Resumes a killed collect; reuses a finished one."""
     from selfexplain.collect import CollectConfig
     from selfexplain.statstore import collect_statistics
-    from tasks.explain import cached_model
+    from tasks.cache import cached_model
 
     lm = cached_model(model, "float32", device)
     last = {"logged": 0}

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from selfexplain.warehouse_rows import utc_now
-from tasks.sae import cached_sae
+from tasks.cache import cached_sae
 
 
 @task(name="score-labels", cache_policy=NO_CACHE, persist_result=False)

@@ -59,7 +59,7 @@ class TrainSaeRequest(BaseModel):
 
 
 def _model(spec: str):
-    from tasks.explain import cached_model
+    from tasks.cache import cached_model
 
     return cached_model(spec)
 

@@ -141,3 +141,20 @@ def test_the_checker_sees_what_it_must(tmp_path):
     assert forbidden_imports(tmp_path) == ["selfexplain.b imports prefect",
                                            "selfexplain.b imports prefect.flow",
                                            "selfexplain.d imports tasks.store"]
+
+
+LAYERS = ("tasks", "flows", "cli")
+"""Top to bottom below cli: cli -> flows -> tasks -> core. A layer imports only those below it."""
+
+
+def test_layers_above_the_core_have_no_cycle_and_never_reach_up():
+    for depth, package in enumerate(LAYERS):
+        assert cycles(import_graph(ROOT, package)) == [], package
+        above = LAYERS[depth + 1:]
+        reaching_up = sorted(
+            f"{module_name(path, ROOT)} imports {imported}"
+            for path in (ROOT / package).rglob("*.py")
+            for imported in imported_modules(path.read_text(encoding="utf-8"),
+                                             module_name(path, ROOT))
+            if imported.split(".")[0] in above)
+        assert reaching_up == [], package
