@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
                             runs_dir=f"{args.out}/runs" if args.out else None)
     references = None
     if args.references:
-        references = judge_mod.read_reference_labels(
+        from selfexplain.references import read_reference_labels
+
+        references = read_reference_labels(
             args.references, release=sae.release if sae else None,
             sae_id=sae.sae_id if sae else None)
         output.notes.append(f"imported {references.height} reference labels from {args.references}")

@@ -14,12 +14,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="restore a backup, merge Parquet shards, or import reference labels",
         description="Exactly one of --backup (a folder from `selfexplain export --backup`), "
         "--shards (the --out-dir of `selfexplain relabel --out-dir`; runs the merge flow), or "
-        "--reference (a Neuronpedia-like JSONL: modelId, layer, index, description).",
+        "--reference (a Neuronpedia export: JSON, JSONL with modelId, layer, index, description; "
+        "or a CSV with feature and description columns).",
     )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--backup", metavar="DIR")
     what.add_argument("--shards", metavar="DIR")
-    what.add_argument("--reference", metavar="JSONL")
+    what.add_argument("--reference", metavar="FILE")
     parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     parser.add_argument("--source", default="neuronpedia", help="with --reference: its origin")
     parser.add_argument("--release", help="with --reference: the SAE release the labels are for")

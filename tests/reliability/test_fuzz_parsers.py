@@ -4,6 +4,7 @@ anything else; what is accepted satisfies the parser's contract."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -165,27 +166,70 @@ lines = st.one_of(objects.map(json.dumps), json_values.map(json.dumps),
                   st.text(alphabet=string.printable, max_size=30))
 
 
+def assert_reference_rows(rows) -> None:
+    assert rows.height >= 1
+    assert rows["feature"].min() >= 0 and rows["description"].null_count() == 0
+    assert all(isinstance(d, str) and d == d.strip() and d for d in rows["description"])
+    assert rows.select("release", "sae_id", "feature").is_unique().all()  # the last one wins
+
+
 @FILES
 @given(st.lists(lines, max_size=6))
 def test_reference_label_files(tmp_path, content):
-    from selfexplain.references import reference_frame
+    from selfexplain.references import read_reference_labels
 
     path = tmp_path / "ref.jsonl"
     path.write_text("\n".join(content))
-    rows = parsed(reference_frame, path, "neuronpedia", "r", "s")
+    rows = parsed(read_reference_labels, path, source="neuronpedia", release="r", sae_id="s")
     if rows is None:
         return
-    assert rows.height >= 1
-    assert rows["feature"].min() >= 0 and rows["description"].null_count() == 0
-    assert all(isinstance(d, str) and d for d in rows["description"])
+    assert_reference_rows(rows)
+    assert set(rows["release"]) == {"r"} and set(rows["sae_id"]) == {"s"}
 
 
+@FILES
+@given(st.one_of(st.lists(st.one_of(objects, json_values), max_size=5),
+                 st.dictionaries(st.sampled_from(["explanations", "data", "index", "x"]),
+                                 st.one_of(st.lists(objects, max_size=3), json_values),
+                                 max_size=3)))
+def test_reference_label_json_documents(tmp_path, document):
+    """A JSON list, or an object (holding the list, or one entry): accepted rows or one line."""
+    from selfexplain.references import read_reference_labels
+
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(document, indent=1))
+    rows = parsed(read_reference_labels, path)
+    if rows is not None:
+        assert_reference_rows(rows)
+
+
+csv_cells = st.one_of(st.integers(-3, 60).map(str), st.text(alphabet=string.printable,
+                                                            max_size=10))
+
+
+@FILES
+@given(st.sampled_from(["feature,description", "index,label", "feature,text", "description",
+                        "latent,explanation,modelId", ""]),
+       st.lists(st.lists(csv_cells, min_size=0, max_size=4), max_size=5))
+def test_reference_label_csv_files(tmp_path, header, cells):
+    from selfexplain.references import read_reference_labels
+
+    body = io.StringIO()
+    csv.writer(body).writerows(cells)
+    path = tmp_path / "ref.csv"
+    path.write_text(header + "\n" + body.getvalue())
+    rows = parsed(read_reference_labels, path, release="r", sae_id="s")
+    if rows is not None:
+        assert_reference_rows(rows)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
 @pytest.mark.parametrize("data", [b"\xff\xfe not utf-8", b"\x00" * 10])
-def test_reference_label_file_not_text(tmp_path, data):
-    from selfexplain.references import reference_frame
+def test_reference_label_file_not_text(tmp_path, data, suffix):
+    from selfexplain.references import read_reference_labels
 
-    path = tmp_path / "ref.jsonl"
+    path = tmp_path / f"ref{suffix}"
     path.write_bytes(data)
     with pytest.raises(SelfExplainError) as info:
-        reference_frame(path, "neuronpedia", "r", "s")
+        read_reference_labels(path, release="r", sae_id="s")
     one_line(info.value)

@@ -173,6 +173,8 @@ def test_parse_yes_no(answer: str, expected: bool | None) -> None:
 
 
 def test_read_reference_labels(tmp_path) -> None:
+    from selfexplain.references import read_reference_labels
+
     export = [
         {"modelId": "gemma-2b", "layer": "6-res-jb", "index": "12", "description": " dogs ",
          "explanationModelName": "gpt-3.5-turbo", "typeName": "oai_token-act-pair"},
@@ -180,36 +182,68 @@ def test_read_reference_labels(tmp_path) -> None:
     ]
     as_json = tmp_path / "np.json"
     as_json.write_text(json.dumps(export))
-    rows = judge_mod.read_reference_labels(as_json)
+    rows = read_reference_labels(as_json)
     assert rows["feature"].to_list() == [12, 40]
     assert rows["description"][0] == "dogs" and rows["explanation_model"][0] == "gpt-3.5-turbo"
     assert rows["release"][0] == "neuronpedia:gemma-2b" and rows["sae_id"][0] == "6-res-jb"
     as_jsonl = tmp_path / "np.jsonl"
     as_jsonl.write_text("\n".join(json.dumps(e) for e in export))
-    named = judge_mod.read_reference_labels(as_jsonl, release="gemma-2b-res-jb",
-                                            sae_id="blocks.6.hook_resid_post")
+    named = read_reference_labels(as_jsonl, release="gemma-2b-res-jb",
+                                  sae_id="blocks.6.hook_resid_post")
     assert set(named["release"]) == {"gemma-2b-res-jb"}
+    assert named.drop("release", "sae_id", "source_file", "imported_at").equals(
+        rows.drop("release", "sae_id", "source_file", "imported_at"))  # the same labels
     wrapped = tmp_path / "wrapped.json"
     wrapped.write_text(json.dumps({"explanations": export}))
-    assert judge_mod.read_reference_labels(wrapped).height == 2
+    assert read_reference_labels(wrapped).height == 2
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(export[1], indent=2))  # one object, pretty-printed
+    assert read_reference_labels(single)["feature"].to_list() == [40]
     as_csv = tmp_path / "refs.csv"
-    as_csv.write_text("feature,label\n3,numbers\n3,digits\n5,colours\n")
-    csv_rows = judge_mod.read_reference_labels(as_csv, source="manual", release="r", sae_id="s")
-    assert csv_rows.sort("feature")["description"].to_list() == ["digits", "colours"]  # last wins
-    broken = tmp_path / "broken.csv"
-    broken.write_text("feature,text\n3,x\n")
-    with pytest.raises(InputError, match="description"):
-        judge_mod.read_reference_labels(broken)
+    as_csv.write_text("feature,label\n3,numbers\n3,digits\n5,colours\n7,\n")
+    csv_rows = read_reference_labels(as_csv, source="manual", release="r", sae_id="s")
+    # the last description of a feature wins; an empty one is left out
+    assert csv_rows.sort("feature")["description"].to_list() == ["digits", "colours"]
+    assert set(csv_rows["source"]) == {"manual"}
+    assert dict(csv_rows.schema)["feature"] == pl.Int32  # the warehouse's reference_label row
     with pytest.raises(InputError, match="not found"):
-        judge_mod.read_reference_labels(tmp_path / "missing.json")
+        read_reference_labels(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("csv without a description column", "feature,text\n3,x\n",
+     r"refs\.csv line 2 lacks field\(s\) \['description'\]: each line needs"),
+    ("csv index a word", "feature,description\n3,x\nthree,y\n",
+     r"refs\.csv line 3: index 'three' is not a feature number"),
+    ("json list entry not an object", '[{"index": 1, "description": "x"}, 7]',
+     r"refs\.json entry 2 is a JSON int, not an object"),
+    ("json list entry without index", '[{"index": 1, "description": "x"}, {"label": "y"}]',
+     r"refs\.json entry 2 lacks field\(s\) \['index'\]: each entry needs"),
+    ("jsonl line not JSON", '{"index": 1, "description": "x"}\n{oops}\n',
+     r"refs\.jsonl line 2 is not JSON .*one JSON object per line"),
+    ("jsonl model an object", '{"index": 1, "description": "x", "modelId": {"a": 1}}',
+     r"refs\.jsonl line 1: model_id is a JSON dict, not text"),
+    ("only empty descriptions", '[{"index": 1, "description": ""}]', r"holds no labels"),
+])
+def test_reference_labels_refused_in_one_line(tmp_path, name, text, problem) -> None:
+    """Every format says which line (or list entry) is wrong, in one line."""
+    from selfexplain.references import read_reference_labels
+
+    suffix = ".csv" if name.startswith("csv") else ".jsonl" if "jsonl" in name else ".json"
+    path = tmp_path / f"refs{suffix}"
+    path.write_text(text)
+    with pytest.raises(InputError, match=problem) as info:
+        read_reference_labels(path)
+    assert "\n" not in str(info.value)
 
 
 def test_reference_rows_upsert_into_the_warehouse(tmp_path) -> None:
+    from selfexplain.references import read_reference_labels
     from selfexplain.warehouse import Warehouse
 
     path = tmp_path / "refs.csv"
     path.write_text("feature,description\n1,dogs\n2,cats\n")
-    rows = judge_mod.read_reference_labels(path, release="r", sae_id="s")
+    rows = read_reference_labels(path, release="r", sae_id="s")
     with Warehouse(":memory:") as warehouse:
         assert warehouse.upsert("reference_label", rows) == 2
         assert warehouse.upsert("reference_label", rows) == 2

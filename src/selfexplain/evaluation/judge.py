@@ -1,8 +1,7 @@
-"""Reference labels and the authors' LLM-judge protocol, against any OpenAI-compatible endpoint.
+"""The authors' LLM-judge protocol, against any OpenAI-compatible endpoint.
 
-- `read_reference_labels`: Neuronpedia explanation exports (JSON list, JSONL, or `{"explanations":
-  [...]}`) or a CSV (`feature`/`index`, `description`/`label`/`explanation`) as `reference_label`
-  rows.
+- Reference labels to judge against are read by `selfexplain.references.read_reference_labels`
+  (the one reader; `selfexplain import --reference` uses it too).
 - `Judge`: asks, at temperature 0, whether any of the top-3 explanations matches the reference
   (the authors' question), and a 6-way side-by-side of two labels given the feature's contexts.
   Responses are cached by a hash of (model, messages), so a rerun costs nothing: the cache starts
@@ -16,10 +15,8 @@ takes the mapping (the CLI passes `os.environ`).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
-import io
 import json
 import re
 import urllib.error
@@ -37,14 +34,6 @@ SKIP_MESSAGE = (
     f"LLM judge skipped: no endpoint configured (set {ENV_URL}, e.g. http://127.0.0.1:8000/v1, "
     f"and {ENV_MODEL}; {ENV_KEY} if it needs a key)"
 )
-
-REFERENCE_SCHEMA = {
-    "source": pl.String, "release": pl.String, "sae_id": pl.String, "feature": pl.Int32,
-    "description": pl.String, "model_id": pl.String, "layer": pl.String,
-    "explanation_model": pl.String, "source_file": pl.String,
-    "imported_at": pl.Datetime("us", "UTC"),
-}
-"""The warehouse's `reference_label` row."""
 
 JUDGE_RESPONSE_SCHEMA = {
     "key": pl.String, "model": pl.String, "messages_json": pl.String, "response": pl.String,
@@ -68,86 +57,6 @@ SIDE_BY_SIDE_PROMPT = (
 )
 SIDE_BY_SIDE = {1: "a_only", 2: "b_only", 3: "both", 4: "neither", 5: "both_a_better",
                 6: "both_b_better"}
-
-
-# -- reference labels --------------------------------------------------------------------------
-
-def _entries(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(io.StringIO(text)))
-    stripped = text.lstrip()
-    if stripped.startswith("[") or stripped.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, list):
-            return data
-        if isinstance(data, dict):
-            for key in ("explanations", "features", "data", "items"):
-                if isinstance(data.get(key), list):
-                    return data[key]
-            return [data]
-    out = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{number}: not JSON ({err.msg})") from None
-    return out
-
-
-def _first(entry: Mapping, *keys: str) -> object:
-    for key in keys:
-        value = entry.get(key)
-        if value not in (None, ""):
-            return value
-    return None
-
-
-def read_reference_labels(path: str | Path, *, source: str = "neuronpedia",
-                          release: str | None = None, sae_id: str | None = None
-                          ) -> pl.DataFrame:
-    """Reference labels from a Neuronpedia export (JSON / JSONL) or a CSV, one row per feature.
-
-    `release` / `sae_id` name the SAE in our warehouse; by default the export's `modelId` and
-    `layer` (e.g. `gemma-2b`, `6-res-jb`) are used. The last description of a feature wins.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"reference label file not found: {path}")
-    now = dt.datetime.now(dt.timezone.utc)
-    rows: dict[tuple[str, str, int], dict] = {}
-    for number, entry in enumerate(_entries(path), 1):
-        if not isinstance(entry, Mapping):
-            raise InputError(f"{path}: entry {number} is not an object")
-        feature = _first(entry, "index", "feature", "latent", "featureIndex")
-        description = _first(entry, "description", "explanation", "label")
-        if feature is None or description is None:
-            raise InputError(
-                f"{path}: entry {number} lacks a feature index (index/feature) or a "
-                "description (description/explanation/label)"
-            )
-        try:
-            feature = int(feature)
-        except (TypeError, ValueError):
-            raise InputError(f"{path}: entry {number} has a non-integer feature {feature!r}") from None
-        model_id = _first(entry, "modelId", "model_id", "model")
-        layer = _first(entry, "layer", "saeId", "sae_id", "source")
-        row_release = release or _first(entry, "release") or f"{source}:{model_id or 'unknown'}"
-        row_sae = sae_id or _first(entry, "sae_id") or str(layer or "unknown")
-        rows[(str(row_release), str(row_sae), feature)] = dict(
-            source=source, release=str(row_release), sae_id=str(row_sae), feature=feature,
-            description=str(description).strip(),
-            model_id=None if model_id is None else str(model_id),
-            layer=None if layer is None else str(layer),
-            explanation_model=_first(entry, "explanationModelName", "explanation_model",
-                                     "explainer"),
-            source_file=str(path), imported_at=now,
-        )
-    return pl.DataFrame(list(rows.values()), schema=REFERENCE_SCHEMA, orient="row")
 
 
 # -- the judge ---------------------------------------------------------------------------------
