@@ -1,10 +1,14 @@
-"""`selfexplain evaluate`: how good are the labels? Methods x metrics with counts and 95% CIs."""
+"""`selfexplain evaluate`: how good are the labels? Methods x metrics with counts and 95% CIs.
+
+Parses the flags into the `evaluate` flow's parameters and runs the flow in-process (an
+ephemeral Prefect server, or the one PREFECT_API_URL points at; `flows.evaluate.run_evaluate`
+checks the SAE, judge cache and reference labels before Prefect starts), then prints the
+summary the flow returns."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -18,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Planted concepts (word directions with known answers) and/or real features "
         "of the SAE; self-explanation (default, faithful) side by side with VocabProj, "
         "TokenChange and max-activating tokens. Prints methods x metrics with counts and 95% "
-        "intervals; --out writes a report (markdown + PNG).",
+        "intervals; --out writes a report (markdown + PNG). Runs the `evaluate` Prefect flow "
+        "in-process (an ephemeral Prefect server, or the one PREFECT_API_URL points at).",
     )
     parser.add_argument("--suite", choices=["planted", "real", "all"], default="planted")
     parser.add_argument("--limit", type=int, default=50,
@@ -56,8 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "SELFEXPLAIN_JUDGE_URL)")
     parser.add_argument("--references", help="reference labels (Neuronpedia JSON/JSONL or CSV) "
                         "to import and, with a judge endpoint configured, to judge against")
-    parser.add_argument("--out", help="folder for report.md, summary.csv, items.parquet, PNGs")
-    parser.add_argument("--warehouse", help="also upsert eval_result / layer_threshold rows here")
+    parser.add_argument("--out", help="folder for report.md, summary.csv, items_<suite>.parquet, "
+                        "PNGs and runs/ (the saved planted runs)")
+    parser.add_argument("--warehouse", help="also upsert eval_result / layer_threshold rows here "
+                        "(and reference_label, judge_response with --references)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON rows")
     parser.set_defaults(handler=run)
 
@@ -88,157 +95,36 @@ def request_from_args(args: argparse.Namespace):
     ), "request")
 
 
+def params_from_args(args: argparse.Namespace):
+    """The flow's parameters: the request, the judge steps, where the results go."""
+    request = request_from_args(args)  # a bad flag answers before Prefect is imported
+    from flows.evaluate import EvaluateParams
+    from selfexplain.errors import build_validated
+
+    return build_validated(EvaluateParams, dict(
+        request=request, out_dir=args.out, warehouse=args.warehouse,
+        references=args.references, judge_detection=args.judge_detection,
+        device=args.device, threads=args.threads,
+    ), "parameters")
+
+
 def run(args: argparse.Namespace) -> int:
-    from selfexplain.models import resolve_device
+    from flows.evaluate import run_evaluate
 
-    request = request_from_args(args)  # validate before the slow loads
-    device = resolve_device(args.device)
-    from selfexplain.evaluation import judge as judge_mod
-
-    endpoint = judge_mod.JudgeEndpoint.from_env(os.environ)
-    cache = None
-    if endpoint is not None and args.references:  # read before the slow loads: fails fast
-        cache = judge_cache(args.warehouse, args.out)
+    params = params_from_args(args)  # validate before the slow loads
     began = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    import torch
-
-    from selfexplain.evaluation.report import pivot_text, write_report
-    from selfexplain.evaluation.suite import eval_result_rows, run_evaluation
-    from selfexplain.config import torch_dtype
-    from selfexplain.models import load_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sae = stats = None
-    if request.suite in ("real", "all"):  # the SAE and its statistics first: a wrong one fails fast
-        log(f"loading SAE {request.sae}")
-        sae, stats = load_sae_and_stats(request.sae)
-    log(f"loading model {request.model}")
-    lm = load_model(request.model, dtype=torch_dtype(request.precision), device=device)
-    output = run_evaluation(lm, request, sae=sae, stats=stats, log=log,
-                            runs_dir=f"{args.out}/runs" if args.out else None)
-    references = None
-    if args.references:
-        from selfexplain.references import read_reference_labels
-
-        references = read_reference_labels(
-            args.references, release=sae.release if sae else None,
-            sae_id=sae.sae_id if sae else None)
-        output.notes.append(f"imported {references.height} reference labels from {args.references}")
-        if endpoint is None:
-            output.notes.append(judge_mod.SKIP_MESSAGE)
-            print(judge_mod.SKIP_MESSAGE, file=sys.stderr)
-        elif "real" in output.items:
-            output.summaries.append(judge_real(output, references, endpoint, cache))
-    if args.judge_detection:
-        if endpoint is None:
-            output.notes.append(judge_mod.SKIP_MESSAGE)
-            print(judge_mod.SKIP_MESSAGE, file=sys.stderr)
-        elif "real" in output.items and sae is not None and sae.stats_dir is not None:
-            log("real: LLM detection of every label on the held-out examples")
-            cache = cache or judge_cache(args.warehouse, args.out)
-            output.summaries.append(judge_detection(output, sae, endpoint, cache))
-    output.timings["total"] = round(time.perf_counter() - began, 1)
-    summary = output.summary
+    result = run_evaluate(params, log)
     if args.json:
-        print(json.dumps(summary.to_dicts(), default=str))
-    else:
-        print(pivot_text(summary))
-        print("\nnotes:\n" + "\n".join(f"- {n}" for n in output.notes))
-        print("timings (s): " + ", ".join(f"{k} {v}" for k, v in output.timings.items()))
-    if args.out:
-        path = write_report(
-            args.out, summary, title=f"selfexplain evaluate --suite {request.suite}",
-            notes=output.notes + [f"timings (s): {output.timings}", f"model: {lm.model_id} "
-                                  f"({lm.revision})"],
-            curves=output.curves, null=output.null, thresholds=output.thresholds,
-            observed=output.observed,
-            tables={"layer_thresholds": output.layer_thresholds, "null": output.null_frame})
-        for name, frame in output.items.items():
-            frame.write_parquet(f"{args.out}/items_{name}.parquet")
-        log(f"report written to {path}")
-    if args.warehouse:
-        eval_id = f"eval-{int(time.time())}-{request.suite}-{request.split}"
-        frames = {
-            "eval_result": eval_result_rows(
-                output, eval_id=eval_id, model_id=lm.model_id,
-                sae_release=sae.release if sae else "", sae_id=sae.sae_id if sae else ""),
-            "layer_threshold": output.layer_thresholds,
-        }
-        if references is not None:
-            frames["reference_label"] = references
-        if cache is not None:  # the judge's new answers: a rerun asks nothing again
-            frames["judge_response"] = cache.new_rows()
-        from selfexplain.runlock import write_locked
+        print(json.dumps(result["summary"], default=str))
+        return 0
+    from selfexplain.evaluation.report import pivot_text
+    from selfexplain.evaluation.stats import summary_frame
 
-        # a relabel holding the warehouse: wait up to 10 minutes rather than lose this run
-        counts = write_locked(args.warehouse, frames, wait_s=600)
-        log(f"warehouse {args.warehouse}: {counts} (eval_id {eval_id})")
+    print(pivot_text(summary_frame(result["summary"])))
+    print("\nnotes:\n" + "\n".join(f"- {n}" for n in result["notes"]))
+    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in result["timings"].items()))
     return 0
-
-
-def load_sae_and_stats(spec: str):
-    """The SAE and its feature statistics (shipped or collected: `statstore`)."""
-    from selfexplain.evaluation.real import feature_stats_for
-    from selfexplain.statstore import load_sae
-
-    sae = load_sae(spec)
-    return sae, feature_stats_for(spec, sae)
-
-
-def judge_cache(warehouse: str | None, out_dir: str | None):
-    """The judge's cache: the warehouse's `judge_response` rows (a read-only read; the run writes
-    its new answers at the end) and `<out_dir>/judge_cache.jsonl`."""
-    from pathlib import Path
-
-    from selfexplain.evaluation.judge import JudgeCache
-    from selfexplain.warehouse import Warehouse
-
-    rows = None
-    if warehouse is not None and Path(warehouse).is_file():
-        with Warehouse(warehouse, read_only=True, wait_s=10) as reader:
-            if "judge_response" in reader.tables():  # an older warehouse gains it on write
-                rows = reader.table("judge_response")
-    return JudgeCache(None if out_dir is None else f"{out_dir}/judge_cache.jsonl", rows=rows)
-
-
-def judge_detection(output, sae, endpoint, cache=None):
-    """delphi's detection and fuzzing scorers: the judge tells activating from non-activating
-    held-out examples (random and hard negatives), and rightly from wrongly marked tokens, given
-    each method's label; balanced accuracy."""
-    from selfexplain.evaluation import judge as judge_mod
-    from selfexplain.evaluation.stats import summarise_mean
-    from selfexplain.scoring import HeldoutSet, JudgeDetectionScorer, JudgeFuzzingScorer
-
-    held, judge = HeldoutSet.load(sae.stats_dir), judge_mod.Judge(endpoint, cache)
-    items = output.items["real"]
-    features, labels = items["feature"].to_list(), items["label"].to_list()
-    detection = JudgeDetectionScorer(held, sae.decoder, judge).score(features, labels)
-    columns = [detection["judge_detection"], detection["judge_detection_hard"]]
-    if held.sample_positions is not None:  # statistics of collect format 2 and later
-        columns.append(JudgeFuzzingScorer(held, sae.decoder, judge).score(
-            features, labels)["judge_fuzzing"])
-    output.items["real"] = items.with_columns(columns)
-    return summarise_mean(output.items["real"], [c.name for c in columns],
-                          suite="heldout_judge")
-
-
-def judge_real(output, references, endpoint, cache=None):
-    """Ask the judge whether any top-3 label matches the reference, for each method's labels."""
-    import polars as pl
-
-    from selfexplain.evaluation import judge as judge_mod
-    from selfexplain.evaluation.stats import summarise_binary
-
-    judge = judge_mod.Judge(endpoint, cache)
-    items = output.items["real"].join(
-        references.select(pl.col("feature").cast(pl.Int64), pl.col("description").alias("reference")),
-        on="feature", how="inner",
-    )
-    rows = judge_mod.judge_rows(judge, items)
-    output.items["judge"] = rows
-    return summarise_binary(rows, ("judge_match",), suite="judge")

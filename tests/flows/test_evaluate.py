@@ -90,3 +90,66 @@ def test_evaluate_flow_stores_rows_report_and_reruns_idempotently(tmp_path, tiny
     assert second["eval_result"].select(key).equals(rows.select(key))
     assert second["layer_threshold"].height == 1
     assert second["v_eval_summary"].height == first["v_eval_summary"].height
+
+
+def test_evaluate_command_runs_the_flow(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`selfexplain evaluate` only parses its flags and runs the `evaluate` flow: the flow run is
+    recorded by Prefect with the command's parameters, and the flow writes the report folder
+    (items Parquet, saved runs), the warehouse rows (eval_result, the imported reference labels)
+    and returns what the command prints."""
+    import json
+    import re
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    import cli.evaluate as command
+    from cli.cli import main
+    from selfexplain.evaluation.judge import ENV_URL, SKIP_MESSAGE
+
+    monkeypatch.delenv(ENV_URL, raising=False)
+    parsed = command.request_from_args  # the tiny model's settings (no flags for them)
+    monkeypatch.setattr(command, "request_from_args", lambda args: parsed(args).model_copy(
+        update={"overrides": {**parsed(args).overrides, **TINY}, "planted_embedding": False}))
+    references = tmp_path / "refs.csv"
+    references.write_text("feature,description\n1,dogs\n2,cats\n")
+    warehouse, out = tmp_path / "w.duckdb", tmp_path / "report"
+    argv = ["evaluate", "--model", tiny_model_dir, "--limit", "2", "--no-classes", "--rerank",
+            "none", "--methods", "default,vocabproj", "--precision", "float32", "--device", "cpu",
+            "--threads", "1", "--references", str(references), "--out", str(out),
+            "--warehouse", str(warehouse)]
+
+    def flow_runs():
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(flow_filter=FlowFilter(
+                name=FlowFilterName(any_=["evaluate"])))
+
+    before = {run.id for run in flow_runs()}
+    assert main(argv + ["--json"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1  # stdout holds the JSON rows only (Prefect logs to stderr)
+    summary = pl.DataFrame(json.loads(printed[0]))
+    assert {"default", "vocabproj"} <= set(summary["method"])
+
+    new = [run for run in flow_runs() if run.id not in before]
+    assert len(new) == 1 and new[0].state.is_completed()
+    request = new[0].parameters["params"]["request"]
+    assert request["model"] == tiny_model_dir and request["methods"] == ["default", "vocabproj"]
+    assert new[0].parameters["params"]["references"] == str(references)
+
+    assert {"report.md", "summary.csv", "items_planted.parquet"} <= {p.name for p in out.iterdir()}
+    assert (out / "runs" / "planted_default_dev.json").is_file()
+    assert f"model: {tiny_model_dir}" in (out / "report.md").read_text()
+    with open_reader(warehouse, snapshot=False) as wh:
+        eval_ids = wh.query("SELECT DISTINCT eval_id FROM eval_result")["eval_id"].to_list()
+        refs = wh.table("reference_label")
+    assert len(eval_ids) == 1 and re.fullmatch(r"eval-\d+-planted-dev", eval_ids[0])
+    assert refs.sort("feature")["description"].to_list() == ["dogs", "cats"]
+
+    # the table, the notes (references imported, no judge configured) and the timings
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "hit_top3" in text and "\nnotes:\n" in text
+    assert "- imported 2 reference labels from " + str(references) in text
+    assert f"- {SKIP_MESSAGE}" in text
+    assert re.search(r"^timings \(s\): .*total [0-9.]+$", text, re.M)

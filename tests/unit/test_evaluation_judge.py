@@ -100,7 +100,7 @@ def test_judge_against_fake_server(fake_server, tmp_path) -> None:
 def test_second_run_with_the_same_warehouse_asks_nothing(fake_server, tmp_path) -> None:
     """Run 1 reads the (empty) warehouse, asks the server, and hands its new answers to the
     writer; run 2 starts from the stored rows and sends zero requests."""
-    from cli.evaluate import judge_cache
+    from selfexplain.evaluation.judging import judge_cache
     from selfexplain.warehouse import Warehouse
 
     endpoint = judge_mod.JudgeEndpoint(fake_server, "judge-model")
@@ -142,6 +142,53 @@ def test_second_run_with_the_same_warehouse_asks_nothing(fake_server, tmp_path) 
     assert new["response"].to_list() == ["No"]  # the birds answer, from the file
     with Warehouse(path, read_only=True) as reader:
         assert reader.table("judge_response").height == 4
+
+
+def test_judge_output_notes_judges_and_hands_back_new_answers(fake_server, tmp_path) -> None:
+    """The evaluation's judge step (what the evaluate flow's judge task runs): without an endpoint
+    only notes; with one, a `judge` suite and the judge's new answers for the writer."""
+    from selfexplain.evaluation.judging import judge_output
+    from selfexplain.evaluation.suite import EvalOutput, EvalRequest
+    from selfexplain.references import read_reference_labels
+    from selfexplain.warehouse import Warehouse
+
+    path = tmp_path / "refs.csv"
+    path.write_text("feature,description\n1,dogs\n2,cats\n9,unused\n")
+    references = read_reference_labels(path, release="r", sae_id="s")
+    real = pl.DataFrame({"method": ["default", "vocabproj", "default"], "feature": [1, 1, 2],
+                         "labels": [["dogs"], ["cat"], ["felines", "cats"]]})
+
+    def output():
+        return EvalOutput(EvalRequest(suite="real"), items={"real": real})
+
+    skipped, said = output(), []
+    assert judge_output(skipped, None, references=references, references_path=str(path),
+                        detection=True, log=said.append) is None
+    assert skipped.notes == [f"imported 3 reference labels from {path}",
+                             judge_mod.SKIP_MESSAGE, judge_mod.SKIP_MESSAGE]
+    assert said == [judge_mod.SKIP_MESSAGE] * 2 and skipped.summaries == []
+    assert set(skipped.items) == {"real"} and not _FakeChat.seen  # nothing asked
+
+    endpoint = judge_mod.JudgeEndpoint(fake_server, "judge-model")
+    warehouse = str(tmp_path / "w.duckdb")
+    judged = output()
+    new = judge_output(judged, endpoint, references=references, references_path=str(path),
+                       warehouse=warehouse)
+    assert judged.items["judge"]["judge_match"].to_list() == [True, False, True]
+    summary = judged.summary.filter(pl.col("suite") == "judge").sort("method")
+    assert summary.select("method", "metric", "value", "n").rows() == [
+        ("default", "judge_match", 1.0, 2), ("vocabproj", "judge_match", 0.0, 1)]
+    assert new.height == 3 and len(_FakeChat.seen) == 3
+    with Warehouse(warehouse) as writer:  # what the flow hands to write_rows
+        writer.write({"judge_response": new})
+    again = output()
+    assert judge_output(again, endpoint, references=references, references_path=str(path),
+                        warehouse=warehouse).height == 0  # every answer came from the warehouse
+    assert len(_FakeChat.seen) == 3 and again.items["judge"].equals(judged.items["judge"])
+    planted = EvalOutput(EvalRequest(), items={"planted": real})  # no real suite: no question
+    assert judge_output(planted, endpoint, references=references,
+                        references_path=str(path)).height == 0
+    assert "judge" not in planted.items and len(_FakeChat.seen) == 3
 
 
 def test_judge_verdicts_are_eval_result_rows() -> None:

@@ -79,6 +79,44 @@ def test_cli_parses_and_validates() -> None:
     assert explicit.methods == ("faithful",) and explicit.null_directions == 4
 
 
+def test_cli_fails_fast_before_the_flow_and_the_model(tmp_path, capsys, monkeypatch) -> None:
+    """A bad SAE, device, reference file or warehouse is one error line from the preflight,
+    before Prefect starts and before the (here missing) model would load."""
+    import flows.evaluate as flow_module
+    from cli.cli import main
+    from selfexplain.evaluation.judge import ENV_KEY, ENV_MODEL, ENV_URL
+
+    monkeypatch.setattr(flow_module, "evaluate", lambda params: pytest.fail("the flow started"))
+    for name in (ENV_URL, ENV_MODEL, ENV_KEY):
+        monkeypatch.delenv(name, raising=False)
+    base = ["evaluate", "--model", str(tmp_path / "no-model")]
+    broken = tmp_path / "refs.jsonl"
+    broken.write_text('{"index": 1, "description": "dogs"}\n{oops}\n')
+    good = tmp_path / "refs.csv"
+    good.write_text("feature,description\n1,dogs\n")
+    garbage = tmp_path / "w.duckdb"
+    garbage.write_bytes(b"not a database" * 100)
+    cases = [
+        (["--suite", "real", "--sae", "no-such-sae"], "SAE 'no-such-sae' is neither `default`"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--threads", "-1"], "invalid threads"),
+        (["--references", str(broken)], "refs.jsonl line 2 is not JSON"),
+        (["--references", str(tmp_path / "none.csv")], "reference label file not found"),
+    ]
+    for flags, message in cases:
+        assert main(base + flags) == 2, flags
+        errors = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (flags, errors)
+    # a judge configured: its cache (the warehouse's judge_response rows) is read up front
+    monkeypatch.setenv(ENV_URL, "http://127.0.0.1:9/v1")
+    assert main(base + ["--references", str(good)]) == 2
+    assert "SELFEXPLAIN_JUDGE_MODEL" in capsys.readouterr().err  # the endpoint is checked too
+    monkeypatch.setenv(ENV_MODEL, "judge")
+    assert main(base + ["--references", str(good), "--warehouse", str(garbage)]) == 2
+    assert str(garbage) in capsys.readouterr().err
+
+
 def test_task_bodies(tiny_lm, tmp_path, monkeypatch) -> None:
     from prefect.logging import disable_run_logger
 

@@ -10,7 +10,8 @@
   `SKIP_MESSAGE`.
 
 Plain urllib, no client library. The core never reads the environment: `JudgeEndpoint.from_env`
-takes the mapping (the CLI passes `os.environ`).
+takes the mapping (the evaluate tasks pass `os.environ`). `judging` runs these steps on an
+evaluation's output.
 """
 
 from __future__ import annotations

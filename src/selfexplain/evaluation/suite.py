@@ -113,6 +113,9 @@ class EvalOutput:
     """Method -> settings hash of its config."""
     runs: dict[str, planted.PlantedRun] = field(default_factory=dict)
     runs_dir: Path | None = None
+    model_id: str = ""
+    """The evaluated model's id and revision (`run_evaluation` sets them)."""
+    model_revision: str = ""
 
     @property
     def summary(self) -> pl.DataFrame:
@@ -154,7 +157,7 @@ def run_evaluation(lm: LoadedModel, request: EvalRequest, *, sae=None, stats=Non
     done (`planted_<method>_<split>.json`), to be re-scored later (`planted.load_results`).
     """
     log = log or (lambda _msg: None)
-    out = EvalOutput(request)
+    out = EvalOutput(request, model_id=lm.model_id, model_revision=lm.revision)
     out.runs_dir = None if runs_dir is None else Path(runs_dir)
     if request.suite in ("planted", "all"):
         run_planted_suite(lm, request, out, log, embedder)
