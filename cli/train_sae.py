@@ -1,4 +1,9 @@
-"""`selfexplain train-sae`: train a TopK SAE on a local corpus and write a sae-lens folder."""
+"""`selfexplain train-sae`: train a TopK SAE on a local corpus and write a sae-lens folder.
+
+Parses the flags into a `TrainSaeRequest` (the corpus is never built here: a missing or empty
+--corpus is an error) and runs the `train-default-sae` flow in-process
+(`flows.train_default_sae.run_train_sae`: corpus and --out checked before Prefect starts), then
+prints the training report as JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a TopK SAE on the residual entering one block (plus feature statistics)",
         description="Collect residual activations entering --layer from a local corpus (build "
         "one with `python scripts/build_corpus.py`), train a TopK SAE, and write a sae-lens "
-        "folder (cfg.json, sae_weights.safetensors, feature_stats.parquet) atomically.",
+        "folder (cfg.json, sae_weights.safetensors, feature_stats.parquet) atomically. Runs the "
+        "`train-default-sae` Prefect flow in-process (an ephemeral Prefect server, or the one "
+        "PREFECT_API_URL points at).",
     )
     parser.add_argument("--model", default="default", help="`default`, a HF folder, or a .gguf file")
     parser.add_argument("--corpus", default="corpus", type=Path, help="folder of .txt files")
@@ -23,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int, help="latents (default 4096)")
     parser.add_argument("--k", type=int, help="active latents per token (default 8)")
     parser.add_argument("--tokens", type=int, help="training activations (default 20000000, capped by the corpus)")
-    parser.add_argument("--heldout-tokens", type=int, help="held-out activations (default 100000)")
+    parser.add_argument("--heldout-tokens", type=int, help="held-out activations: the report's "
+                        "numbers and the feature statistics come from them (default 100000)")
     parser.add_argument("--context", type=int, help="tokens per window (default 128)")
     parser.add_argument("--batch-tokens", type=int, help="activations per step (default 1024)")
     parser.add_argument("--epochs", type=int, help="passes over the activations (default 1)")
@@ -42,8 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from selfexplain.corpus import corpus_files
-    from selfexplain.errors import InputError
     from selfexplain.sae_trainer import TrainSaeConfig
 
     config = TrainSaeConfig.build(
@@ -51,38 +57,19 @@ def run(args: argparse.Namespace) -> int:
         heldout_tokens=args.heldout_tokens, context=args.context, batch_tokens=args.batch_tokens,
         epochs=args.epochs, lr=args.lr, collect_dtype=args.collect_dtype, seed=args.seed,
         chunk_windows=args.chunk_windows,
+    )  # nonsense settings answer before Prefect is imported
+    from flows.train_default_sae import TrainSaeRequest, run_train_sae
+
+    request = TrainSaeRequest.build(
+        model=args.model, corpus_dir=str(args.corpus), build_corpus=False,
+        out_dir=str(args.out.expanduser()), overwrite=args.overwrite,
+        checkpoint_dir=None if args.checkpoint_dir is None else str(args.checkpoint_dir),
+        stop_after_chunks=args.stop_after_chunks, train=config, statistics=not args.no_stats,
     )
-    corpus_files(args.corpus)  # fail before the slow model load
-    out = args.out.expanduser()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file: give a folder path")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise InputError(f"{out} already exists and is not empty: pass --overwrite or a new --out")
-
-    from selfexplain.models import load_model
-    from selfexplain.feature_stats import write_sae_statistics
-    from selfexplain.train_sae import train_sae
-
-    from selfexplain.sae_trainer import CHECKPOINT, describe_checkpoint
-
-    if args.stop_after_chunks is not None and args.checkpoint_dir is None:
-        raise InputError("--stop-after-chunks needs --checkpoint-dir: the state must go somewhere")
-    if args.checkpoint_dir is not None and (args.checkpoint_dir / CHECKPOINT).exists():
-        print(f"resuming from {args.checkpoint_dir}: {describe_checkpoint(args.checkpoint_dir)}")
-    lm = load_model(args.model)
-    trained = train_sae(lm, args.corpus, config, out, overwrite=args.overwrite,
-                        checkpoint_dir=args.checkpoint_dir,
-                        stop_after_chunks=args.stop_after_chunks)
-    if trained is None:
-        print(f"stopped after {args.stop_after_chunks} chunks; state saved in {args.checkpoint_dir}")
+    result = run_train_sae(request, announce=print)  # the corpus and --out checked first
+    if result["report"] is None:
+        print(f"stopped after {result['stopped_after_chunks']} chunks; state saved in "
+              f"{args.checkpoint_dir}")
         return 0
-    report = trained.report._asdict()
-    if not args.no_stats and trained.heldout.shape[0] > 0:
-        from sae_lens import SAE
-
-        frame = write_sae_statistics(lm, SAE.load_from_disk(str(out)), out,
-                                     trained.heldout_windows, trained.heldout)
-        alive = frame.filter(frame["density"] > 0)
-        report["single_token_fraction"] = float(alive["single_token"].mean()) if alive.height else 0.0
-    print(json.dumps(report))
+    print(json.dumps(result["report"]))
     return 0

@@ -6,12 +6,13 @@ activation, a single-token flag, and the VocabProj tokens of the decoder directi
 the single-token flag and the top token as ground truth for token recovery.
 
 The core (`feature_stats`) takes plain tensors of (token, feature, activation) triples so that a
-planted dataset tests it exactly; `compute_feature_stats` runs a model and an SAE to produce them.
+planted dataset tests it exactly; `stats_from_activations` encodes held-out activations with an
+SAE to produce them (`train_sae.train_sae_with_statistics` does, on the training run's own
+held-out documents; `collect` streams its own over a corpus).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from selfexplain.errors import InputError, SaeLoadError
+from selfexplain.errors import InputError
 from selfexplain.models import LoadedModel
 
 STATS_FILE = "feature_stats.parquet"
@@ -183,17 +184,6 @@ def vocab_projection(lm: LoadedModel, directions: Tensor, *, top: int = N_VOCABP
     return out
 
 
-def compute_feature_stats(lm: LoadedModel, sae_dir: Path, corpus_dir: Path, *,
-                          tokens: int = 100_000, batch: int = 4096) -> pl.DataFrame:
-    """Statistics of a sae-lens SAE folder over held-out documents of a corpus folder.
-
-    The held-out documents are those `train_sae` held out (same seed and context length, read
-    from the SAE's cfg.json when it was trained here), so the statistics describe unseen text.
-    """
-    sae, windows, acts = heldout_activations(lm, sae_dir, corpus_dir, tokens=tokens)
-    return stats_from_activations(lm, sae, windows, acts, batch=batch)
-
-
 def write_sae_statistics(lm: LoadedModel, sae, sae_dir: Path, windows: Tensor,
                          acts: Tensor) -> pl.DataFrame:
     """Compute and write both files that ship beside an SAE: feature_stats.parquet and
@@ -202,36 +192,6 @@ def write_sae_statistics(lm: LoadedModel, sae, sae_dir: Path, windows: Tensor,
     write_feature_stats(frame, Path(sae_dir))
     write_typical_inputs(typical_inputs(sae, acts), Path(sae_dir))
     return frame
-
-
-def heldout_activations(lm: LoadedModel, sae_dir: Path, corpus_dir: Path, *,
-                        tokens: int = 100_000) -> tuple[object, Tensor, Tensor]:
-    """(the sae_lens SAE, held-out windows (n, context), their activations at its layer)."""
-    from sae_lens import SAE
-
-    from selfexplain.corpus import token_chunks
-    from selfexplain.saes import resid_layer_of
-    from selfexplain.train_sae import collect_activations
-
-    sae_dir = Path(sae_dir)
-    try:
-        cfg = json.loads((sae_dir / "cfg.json").read_text())
-        sae = SAE.load_from_disk(str(sae_dir), device="cpu")
-    except (OSError, ValueError, KeyError) as err:
-        raise SaeLoadError(f"cannot load SAE folder {sae_dir}: {err}") from None
-    meta = cfg.get("metadata", {})
-    layer = resid_layer_of(meta.get("hook_name"))
-    if layer is None:
-        raise SaeLoadError(f"{sae_dir}/cfg.json has no residual hook_name: cannot collect its input")
-    training = meta.get("selfexplain_training", {}).get("config", {})
-    context = int(training.get("context") or meta.get("context_size") or 128)
-    split = token_chunks(corpus_dir, lm.tokenizer, context=context, train_windows=0,
-                         heldout_windows=-(-tokens // (context - 1)),
-                         seed=int(training.get("seed", 0)))
-    if len(split.heldout) == 0:
-        raise InputError(f"corpus {corpus_dir} has no held-out documents to compute statistics on")
-    acts = collect_activations(lm, split.heldout, [layer], desc="collect held-out")[layer]
-    return sae, split.heldout, acts
 
 
 @torch.inference_mode()

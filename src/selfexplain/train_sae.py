@@ -5,6 +5,8 @@ module: activations collected from a corpus, fed to the trainer (`sae_trainer`: 
 of Gao et al. 2024, unit-norm decoder, AuxK loss for dead latents, inputs scaled to unit mean
 square per dimension during training and the scale folded back into the weights, so the saved SAE
 reads raw residuals and its activations are residual norms), written atomically as a folder.
+`train_sae_with_statistics` (what `train-sae` and the train-default-sae flow run) also writes the
+feature statistics beside it, from the run's own held-out activations.
 The import runs one way: this module uses the trainer, the trainer never this module.
 """
 
@@ -214,6 +216,15 @@ def trained_sae_id(config: TrainSaeConfig, train_tokens: int) -> str:
             f"e{config.epochs}-s{config.seed}")
 
 
+def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """The SAE folder to write: not a file, and empty or missing unless `overwrite`."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file: give a folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"{out_dir} already exists and is not empty: pass --overwrite or a new --out")
+
+
 def train_sae(lm: LoadedModel, corpus_dir: Path, config: TrainSaeConfig,
               out_dir: Path | None = None, *, overwrite: bool = False,
               checkpoint_dir: Path | None = None,
@@ -227,9 +238,8 @@ def train_sae(lm: LoadedModel, corpus_dir: Path, config: TrainSaeConfig,
         raise InputError(
             f"layer {config.layer} is out of range: {lm.model_id} has blocks 0..{lm.n_layers - 1}"
         )
-    if out_dir is not None and Path(out_dir).exists() and any(Path(out_dir).iterdir()) \
-            and not overwrite:
-        raise InputError(f"{out_dir} already exists and is not empty: pass --overwrite or a new --out")
+    if out_dir is not None:
+        check_out_dir(out_dir, overwrite)
     per_window = config.context - 1
     split = token_chunks(
         corpus_dir, lm.tokenizer, context=config.context,
@@ -299,3 +309,41 @@ def finish(lm: LoadedModel, sae: TopKSae, heldout: Tensor, heldout_windows: Tens
     if out_dir is not None:
         write_sae(sae, out_dir, cfg, overwrite=overwrite)
     return TrainedSae(sae, cfg, heldout, heldout_windows, report)
+
+
+class TrainOutcome(NamedTuple):
+    """A finished training run: its report and where its statistics went."""
+
+    report: dict[str, object]
+    """`TrainReport`'s fields, with `single_token_fraction` (of the live latents) when the
+    statistics were written."""
+    stats_path: str | None
+    """feature_stats.parquet beside the SAE (typical_inputs.safetensors next to it); None when
+    none were written (not asked for, or no held-out documents)."""
+
+
+def train_sae_with_statistics(lm: LoadedModel, corpus_dir: Path, config: TrainSaeConfig,
+                              out_dir: Path, *, overwrite: bool = False,
+                              checkpoint_dir: Path | None = None,
+                              stop_after_chunks: int | None = None,
+                              statistics: bool = True) -> TrainOutcome | None:
+    """`train_sae` into `out_dir`, then the statistics that ship beside the SAE
+    (feature_stats.parquet, typical_inputs.safetensors) from the run's own held-out documents and
+    activations: nothing is collected twice. None when `stop_after_chunks` ended the run early."""
+    from sae_lens import SAE
+
+    from selfexplain.feature_stats import STATS_FILE, write_sae_statistics
+
+    out_dir = Path(out_dir).expanduser()
+    trained = train_sae(lm, corpus_dir, config, out_dir, overwrite=overwrite,
+                        checkpoint_dir=checkpoint_dir, stop_after_chunks=stop_after_chunks)
+    if trained is None:
+        return None
+    report = trained.report._asdict()
+    if not statistics or trained.heldout.shape[0] == 0:
+        return TrainOutcome(report, None)
+    frame = write_sae_statistics(lm, SAE.load_from_disk(str(out_dir)), out_dir,
+                                 trained.heldout_windows, trained.heldout)
+    alive = frame.filter(frame["density"] > 0)
+    report["single_token_fraction"] = float(alive["single_token"].mean()) if alive.height else 0.0
+    return TrainOutcome(report, str(out_dir / STATS_FILE))

@@ -212,32 +212,90 @@ def test_existing_folder_kept_unless_overwrite(tmp_path, tiny_lm):
     assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
 
 
-def test_cli_trains_and_writes_statistics(tmp_path, capsys):
+def save_tiny_model(folder: Path) -> Path:
+    lm = build_tiny_model("llama")
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_cli_trains_and_writes_statistics(tmp_path, capsys, prefect_server):
+    """`selfexplain train-sae` runs the train-default-sae flow (recorded by Prefect with the
+    command's request), which writes the SAE and its statistics from the run's own held-out
+    activations; the command prints the report."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
     from selfexplain.feature_stats import load_feature_stats
 
-    lm = build_tiny_model("llama")
-    model_dir = tmp_path / "model"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+    def flow_runs():
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(flow_filter=FlowFilter(
+                name=FlowFilterName(any_=["train-default-sae"])))
+
+    model_dir = save_tiny_model(tmp_path / "model")
     corpus = write_corpus(tmp_path / "c")
     args = ["train-sae", "--model", str(model_dir), "--corpus", str(corpus), "--out",
             str(tmp_path / "sae"), "--layer", "1", "--width", "16", "--k", "2", "--tokens", "300",
             "--heldout-tokens", "100", "--context", "16", "--batch-tokens", "100", "--seed", "0"]
+    before = {run.id for run in flow_runs()}
     assert cli_main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["hook_name"] == "blocks.1.hook_resid_pre"
+    assert report["out_dir"] == str(tmp_path / "sae") and "stats_path" not in report
+    new = [run for run in flow_runs() if run.id not in before]
+    assert len(new) == 1 and new[0].state.is_completed()
+    request = new[0].parameters["request"]
+    assert request["build_corpus"] is False and request["train"]["width"] == 16
     stats = load_feature_stats(tmp_path / "sae")
     assert stats.height == 16
     assert 0 < stats["density"].sum() <= 2.0 + 1e-9  # at most k active per token
+    # the statistics describe the run's own held-out activations
+    assert stats["density"].sum() == pytest.approx(report["l0"], rel=1e-5)
+    alive = stats.filter(stats["density"] > 0)
+    assert report["single_token_fraction"] == pytest.approx(float(alive["single_token"].mean()))
     from selfexplain.statstore import load_sae
 
     inputs = load_sae(str(tmp_path / "sae")).inputs  # typical inputs ship beside the statistics
-    assert inputs is not None and inputs.shape == (16, lm.d_model)
+    assert inputs is not None and inputs.shape == (16, 32)  # the tiny model's width
     assert ((inputs.norm(dim=-1) > 0) == torch.tensor((stats["density"] > 0).to_list())).all()
     assert cli_main(args) == 2  # the folder exists now
     assert "already exists" in capsys.readouterr().err
     assert cli_main(args[:-4] + ["--k", "99", "--seed", "0"]) == 2
     assert "must not exceed the width" in capsys.readouterr().err
+
+
+def test_cli_fails_fast_before_the_flow(tmp_path, capsys, monkeypatch):
+    """A missing or empty corpus (never built by the command), an --out that is a file or holds
+    files, a stop without a checkpoint folder: one error line before Prefect starts."""
+    import flows.train_default_sae as flow_module
+
+    monkeypatch.setattr(flow_module, "train_default_sae",
+                        lambda request: pytest.fail("the flow started"))
+    corpus = write_corpus(tmp_path / "c")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    base = ["train-sae", "--model", str(tmp_path / "no-model")]
+    cases = [
+        (["--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "sae")],
+         f"corpus folder {tmp_path / 'none'} does not exist"),
+        (["--corpus", str(tmp_path / "empty"), "--out", str(tmp_path / "sae")],
+         "holds no non-empty .txt file"),
+        (["--corpus", str(corpus), "--out", str(tmp_path / "file")], "is a file"),
+        (["--corpus", str(corpus), "--out", str(tmp_path / "full")],
+         "already exists and is not empty: pass --overwrite"),
+        (["--corpus", str(corpus), "--out", str(tmp_path / "sae"), "--stop-after-chunks", "1"],
+         "--stop-after-chunks needs --checkpoint-dir: the state must go somewhere"),
+    ]
+    for flags, message in cases:
+        assert cli_main(base + flags) == 2, flags
+        errors = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (flags, errors)
+    assert not (tmp_path / "empty").joinpath("a.txt").exists()  # nothing was built
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
 def test_clean_wikitext():
@@ -248,7 +306,8 @@ def test_clean_wikitext():
 
 
 def test_tasks_write_folder_and_statistics(tmp_path):
-    """The Prefect tasks' logic (`.fn`): corpus reuse, training, statistics, warehouse rows."""
+    """The Prefect tasks' logic (`.fn`): preflight, corpus reuse, training with the statistics of
+    its own held-out activations, warehouse rows."""
     from prefect.logging import disable_run_logger
 
     from selfexplain.saes import DEFAULT_SAE_DIR, DEFAULT_SAE_RELEASE, folder_sae_id
@@ -257,35 +316,48 @@ def test_tasks_write_folder_and_statistics(tmp_path):
         TrainSaeRequest,
         build_corpus_task,
         feature_stats_rows_task,
-        feature_stats_task,
+        preflight,
         train_sae_task,
     )
 
-    lm = build_tiny_model("llama")
-    model_dir = tmp_path / "model"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_model(tmp_path / "model")
     corpus = str(write_corpus(tmp_path / "c"))
     out = str(tmp_path / "sae")
     request = TrainSaeRequest(model=str(model_dir), corpus_dir=corpus, out_dir=out,
-                              train=tiny_config(layer=1), stats_tokens=150)
+                              train=tiny_config(layer=1))
     assert request.names() == ("local:sae", "sae")
+    assert request.build_corpus and request.statistics  # the flow's defaults
     # the shipped default names its version in cfg.json (metadata.selfexplain_sae_id)
     assert TrainSaeRequest().names() == (DEFAULT_SAE_RELEASE, folder_sae_id(DEFAULT_SAE_DIR))
     with pytest.raises(InputError, match="invalid train"):
         TrainSaeRequest.build(train={"k": 0})
+    with pytest.raises(InputError, match="^--stop-after-chunks needs --checkpoint-dir"):
+        TrainSaeRequest.build(stop_after_chunks=2)
+    assert preflight(request) is None  # nothing to resume from
+    # the default flow builds a missing corpus itself: its preflight leaves the folder alone
+    assert preflight(request.model_copy(update={"corpus_dir": str(tmp_path / "new")})) is None
     with disable_run_logger():
         assert build_corpus_task.fn(corpus) == corpus  # holds text: not rebuilt
-        report = train_sae_task.fn(request.model, corpus, out, request.train, False)
-        path = feature_stats_task.fn(request.model, out, corpus, request.stats_tokens)
+        trained = train_sae_task.fn(request.model, corpus, out, request.train, False)
         rows = feature_stats_rows_task.fn(out, *request.names())
+    report = trained.report
     assert report["hook_name"] == "blocks.1.hook_resid_pre" and report["out_dir"] == out
     stats = load_feature_stats(tmp_path / "sae")
-    assert path == str(tmp_path / "sae" / "feature_stats.parquet") and stats.height == 32
-    # the task recomputes the held-out activations: the same documents the trainer held out
+    assert trained.stats_path == str(tmp_path / "sae" / "feature_stats.parquet")
+    assert stats.height == 32
+    # the statistics come from the trainer's own held-out activations
     assert sum(stats["density"]) == pytest.approx(report["l0"], rel=1e-5)
+    assert 0 <= report["single_token_fraction"] <= 1
     assert rows.columns[:3] == ["release", "sae_id", "feature"] and rows.height == 32
     assert (tmp_path / "sae" / "typical_inputs.safetensors").is_file()
+    with pytest.raises(InputError, match="already exists"):
+        preflight(request)  # now the folder holds the SAE
+    with disable_run_logger():
+        again = train_sae_task.fn(request.model, corpus, str(tmp_path / "bare"), request.train,
+                                  False, statistics=False)
+    assert again.stats_path is None and "single_token_fraction" not in again.report
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == [
+        "cfg.json", "sae_weights.safetensors"]
 
 
 def test_gcide_entry_is_plain_prose():
@@ -302,13 +374,10 @@ def test_gcide_entry_is_plain_prose():
     assert _gcide_entry(["   indented continuation only"]) == ""
 
 
-def test_cli_resumes_an_interrupted_training(tmp_path, capsys):
+def test_cli_resumes_an_interrupted_training(tmp_path, capsys, prefect_server):
     from safetensors.torch import load_file
 
-    lm = build_tiny_model("llama")
-    model_dir = tmp_path / "model"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_model(tmp_path / "model")
     corpus = write_corpus(tmp_path / "c")
     base = ["train-sae", "--model", str(model_dir), "--corpus", str(corpus), "--layer", "1",
             "--width", "16", "--k", "2", "--tokens", "600", "--heldout-tokens", "100",
