@@ -109,9 +109,9 @@ def params_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    params = params_from_args(args)  # validate before the slow loads
     from flows.evaluate import run_evaluate
 
-    params = params_from_args(args)  # validate before the slow loads
     began = time.perf_counter()
 
     def log(message: str) -> None:
