@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def request_from_args(args: argparse.Namespace):
     from selfexplain.errors import build_validated
     from selfexplain.evaluation.suite import DEFAULT_METHODS, RERANK_STRATEGIES, EvalRequest
+    from selfexplain.models import resolve_precision
 
     thorough = getattr(args, "thorough", False)
     methods = (tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -89,7 +90,7 @@ def request_from_args(args: argparse.Namespace):
         scale_quality=thorough and not args.no_scale_quality,
         null_directions=args.null if args.null is not None else 32 if thorough else 0,
         seed=args.seed, sae=args.sae, model=args.model,
-        overrides={"precision": args.precision,
+        overrides={"precision": resolve_precision(args.precision, args.device),
                    **({"direction": args.direction} if args.direction else {}),
                    **({"adapter": args.adapter} if args.adapter else {})},
     ), "request")

@@ -59,15 +59,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Where and in what precision the model runs (explain, relabel, scale-out, evaluate)."""
     # config.Precision's values, spelled out: parsing stays free of pydantic's import
-    parser.add_argument("--precision", choices=["bfloat16", "float32"], default="bfloat16",
-                        help="model weights and activations (default bfloat16: 4x the matmul "
-                        "throughput of float32 on CPUs with AVX512-BF16, and the GPU default)")
+    parser.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                        help="model weights and activations (default auto: bfloat16 where the "
+                        "device runs it natively, a GPU or a CPU with AVX512-BF16/AMX, at 4x "
+                        "float32's matmul throughput; else float32, as emulated bfloat16 is "
+                        "several times slower)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
 
 
 def config_from_args(args: argparse.Namespace):
     from selfexplain.config import ExplainConfig, parse_scales
+    from selfexplain.models import resolve_precision
 
     return ExplainConfig.from_preset(
         args.preset,
@@ -84,7 +87,7 @@ def config_from_args(args: argparse.Namespace):
         failure_threshold=args.failure_threshold,
         direction=args.direction,
         adapter=args.adapter,
-        precision=args.precision,
+        precision=resolve_precision(args.precision, args.device),
     )
 
 

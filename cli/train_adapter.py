@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the meaning prompt's target: the model's own answer for the literal "
                         "word (default) or the word itself")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                        help="default auto: bfloat16 where the device runs it natively, else "
+                        "float32")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print the training record as JSON")
     parser.set_defaults(handler=run)
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from selfexplain.adapter import check_adapter_path, describe
     from selfexplain.adapter_training import AdapterTrainConfig, train_adapter, training_pairs
     from selfexplain.errors import build_validated
-    from selfexplain.models import load_model, resolve_device
+    from selfexplain.models import load_model, resolve_device, resolve_precision
     from selfexplain.statstore import load_sae
     from selfexplain.statstore import load_stats_frame
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if stats is None:
             print(f"note: {args.sae} has no statistics (selfexplain collect --sae {args.sae}): "
                   "training on words only")
-    lm = load_model(args.model, dtype=getattr(torch, args.precision),
+    lm = load_model(args.model, dtype=getattr(torch, resolve_precision(args.precision, args.device)),
                     device=resolve_device(args.device))
     if sae is not None:
         sae.check_fits(lm.d_model, lm.n_layers)

@@ -15,17 +15,18 @@ from prefect.cache_policies import NO_CACHE
 @task(name="train-adapter", cache_policy=NO_CACHE, persist_result=False, retries=0)
 def train_adapter_task(model: str, out: str, settings: dict, words: int = 1000,
                        sae: str | None = "default", latents: int = 250,
-                       latent_source: str = "decoder", precision: str = "bfloat16",
+                       latent_source: str = "decoder", precision: str = "auto",
                        device: str = "auto") -> dict:
     """Train (or resume) the adapter of `model` at `settings["injection_layer"]` into `out`;
     returns {"path", "digest", "info"}. A killed run resumes from `<out>.state.pt`."""
     from selfexplain.adapter_training import AdapterTrainConfig, train_adapter, training_pairs
+    from selfexplain.models import resolve_precision
     from selfexplain.statstore import load_stats_frame
     from tasks.cache import cached_model, cached_sae
 
     log = get_run_logger()
     config = AdapterTrainConfig(**settings)
-    lm = cached_model(model, precision, device)
+    lm = cached_model(model, resolve_precision(precision, device), device)
     loaded = stats = None
     if sae is not None and latents:
         loaded = cached_sae(sae)

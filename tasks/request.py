@@ -41,7 +41,8 @@ class RelabelRequest(BaseModel):
     seed: int | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Any other ExplainConfig field, e.g. {"max_new_tokens": 24}. `precision` defaults to
-    bfloat16 here (the product's runs), float32 in the library."""
+    `auto` here (the product's runs: bfloat16 where the device runs it natively, else float32;
+    `models.resolve_precision`), float32 in the library."""
     device: str = "auto"
     """Where the model runs: `auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`. Not in the
     request hash: a GPU run resumes a CPU run's shards and the other way round."""
@@ -103,11 +104,14 @@ class RelabelRequest(BaseModel):
 
     def config(self) -> ExplainConfig:
         """The engine configuration: the preset with this request's overrides."""
+        from selfexplain.models import resolve_precision  # torch: only when the engine is near
+
         return ExplainConfig.from_preset(
             self.preset,
             **{
-                "precision": "bfloat16",
                 **self.overrides,
+                "precision": resolve_precision(self.overrides.get("precision", "auto"),
+                                               self.device),
                 "metric_scales": parse_scales(self.scales) if self.scales is not None else None,
                 "samples_per_scale": self.samples,
                 "seed": self.seed,

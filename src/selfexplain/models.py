@@ -236,6 +236,36 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def native_bfloat16(device: str | torch.device = "cpu") -> bool:
+    """Does `device` run bfloat16 matmuls at native speed? CUDA: when torch says so. CPU: with
+    AVX512-BF16 or AMX (x86) or Arm's bf16 extension. Without them torch emulates bfloat16 and
+    the engine runs several times slower than in float32 (AMD EPYC with AVX2 only, measured stop
+    33: 1.2 GFLOP/s bfloat16 against 107 float32 on the MLP's matmul; 5.9 against 1.26 s per
+    latent)."""
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    checks = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is not None and check() for check in checks):
+        return True
+    try:  # Arm: the `bf16` feature; x86 names the same flags as avx512_bf16 / amx_bf16
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("bf16", "avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(name: str, device: str | torch.device = "cpu") -> str:
+    """`auto` is bfloat16 where `device` runs it natively (`native_bfloat16`), else float32;
+    `float32` and `bfloat16` stay as they are. The product's CLI and flows default to `auto`."""
+    if name == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    if name not in ("float32", "bfloat16"):
+        raise InputError(f"unknown precision {name!r}: give auto, float32 or bfloat16")
+    return name
+
+
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", cache_dir: Path | None = None) -> LoadedModel:
     """Load `default`, a bundled model (`gemma3-270m`), a `.gguf` file, a local HF folder, or a

@@ -12,10 +12,14 @@ import torch
 from cli.cli import main
 from selfexplain.config import ExplainConfig
 from selfexplain.explain import SelfExplainer
-from selfexplain.models import DEFAULT_MODEL_ID, load_model
+from selfexplain.models import DEFAULT_MODEL_ID, load_model, resolve_precision
 from selfexplain.vectors import word_directions
 
 pytestmark = pytest.mark.slow
+
+PRECISION = resolve_precision("auto")
+"""As the CLI and the flows run it: bfloat16 where this CPU runs it natively (grouped attention,
+inverse-CDF sampling), else float32."""
 
 # Not the evaluation's DEV/TEST lists: a fixed small set for this smoke check only.
 WORDS = [" dog", " red", " king", " water", " happy", " music", " bread", " winter", " horse",
@@ -50,9 +54,8 @@ def _named(word: str, texts: list[str]) -> bool:
 
 
 def test_planted_words_are_named_far_more_often_than_random_directions():
-    # in bfloat16, as the CLI and the flows run it (grouped attention, inverse-CDF sampling)
-    default_lm = load_model("default", dtype=torch.bfloat16)
-    explainer = SelfExplainer(default_lm, ExplainConfig.from_preset("default", precision="bfloat16"))
+    default_lm = load_model("default", dtype=getattr(torch, PRECISION))
+    explainer = SelfExplainer(default_lm, ExplainConfig.from_preset("default", precision=PRECISION))
     planted = word_directions(default_lm, WORDS, explainer.injection_layer)
     generator = torch.Generator().manual_seed(0)
     random = torch.randn(len(WORDS), default_lm.d_model, generator=generator)
@@ -95,14 +98,14 @@ def test_gguf_cache_gives_the_same_model_and_survives_damage(tmp_path, default_l
 def test_the_shipped_adapter_applies_to_the_default_model_and_names_more_words():
     from selfexplain.adapter import resolve_for_model, shipped_adapter_path, load_adapter
 
-    default_lm = load_model("default", dtype=torch.bfloat16)
+    default_lm = load_model("default", dtype=getattr(torch, PRECISION))
     shipped = load_adapter(shipped_adapter_path())
     # `auto` finds it for this model (in either precision: the fingerprint rounds to bfloat16)
     assert resolve_for_model("auto", default_lm, 2).digest == shipped.digest
     assert resolve_for_model("auto", default_lm, 3) is None  # trained for layer 2 only
     hits = {}
     for spec in ("none", "auto"):
-        config = ExplainConfig.from_preset("default", precision="bfloat16", adapter=spec)
+        config = ExplainConfig.from_preset("default", precision=PRECISION, adapter=spec)
         explainer = SelfExplainer(default_lm, config)
         planted = word_directions(default_lm, WORDS, explainer.injection_layer)
         results = explainer.explain(planted, list(range(len(WORDS))), WORDS)
