@@ -9,52 +9,70 @@ from torch import nn
 
 
 class FlopCounter:
-    """Counts the FLOPs of every top-level forward of a HF causal LM while active.
+    """Counts the FLOPs of the blocks and the unembedding a HF causal LM really runs while active.
 
-    Per processed token: 2 x (non-embedding parameters) for the matmuls, 4 x context x d_model per
-    layer for attention scores and values; per logits row: 2 x vocab x d_model. Decode steps and
-    prefix-cached passes are counted with their real context length.
+    Each decoder block counts what passes through it: per token 2 x (the block's parameters) for
+    the matmuls and 4 x context x d_model for attention scores and values (context from the
+    block's position ids, so decode steps and prefix-cached passes count their real context); each
+    logits row costs 2 x vocab x d_model. A forward that stops early (the round trip reads the
+    residual entering block 2 and runs 2 of 30 blocks) counts only the blocks it ran: the counter
+    until stop 33 hooked the whole model and charged such passes as full forwards, which put the
+    default preset at 209 GFLOP per latent instead of about 100.
+    `tokens` and `context_tokens` are full-model equivalents (block-tokens / blocks).
     """
 
     def __init__(self, model: nn.Module) -> None:
+        from selfexplain.models import decoder_layers
+
         self.model = model
         config = model.config
         self.d_model = int(config.hidden_size)
-        self.n_layers = int(config.num_hidden_layers)
+        self.blocks = decoder_layers(model)
+        self.n_layers = len(self.blocks)
         self.vocab = int(config.vocab_size)
-        embedding = model.get_input_embeddings().weight.numel()
-        total = sum(p.numel() for p in model.parameters())
-        head = model.get_output_embeddings().weight
-        tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-        self.matmul_params = total - embedding - (0 if tied else head.numel())
+        self.block_params = [sum(p.numel() for p in block.parameters()) for block in self.blocks]
         self.flops = 0.0
-        self.tokens = 0
-        self.context_tokens = 0.0  # sum over processed tokens of their attention context
+        self.block_tokens = 0  # tokens summed over the blocks they passed
+        self.block_context = 0.0  # sum over (block, token) of the token's attention context
         self.logit_rows = 0
 
-    def _hook(self, _module, args, kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None:
-            return
-        batch, seq = input_ids.shape
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        keep = kwargs.get("logits_to_keep", 0) or seq
-        tokens = batch * seq
-        mean_context = past + (seq + 1) / 2
-        self.flops += 2 * self.matmul_params * tokens
-        self.flops += 4 * self.n_layers * self.d_model * tokens * mean_context
-        self.flops += 2 * self.vocab * self.d_model * batch * min(int(keep), seq)
-        self.tokens += tokens
-        self.context_tokens += tokens * mean_context
-        self.logit_rows += batch * min(int(keep), seq)
+    @property
+    def tokens(self) -> float:
+        return self.block_tokens / self.n_layers
+
+    @property
+    def context_tokens(self) -> float:
+        return self.block_context / self.n_layers
+
+    def _block_hook(self, index: int):
+        def hook(_module, args, kwargs, _output):  # after the block: a block a hook stopped never ran
+            hidden = args[0] if args else kwargs["hidden_states"]
+            batch, seq = hidden.shape[:2]
+            positions = kwargs.get("position_ids")
+            past = float(positions.float().mean()) - (seq - 1) / 2 if positions is not None else 0.0
+            mean_context = past + (seq + 1) / 2
+            tokens = batch * seq
+            self.flops += 2 * self.block_params[index] * tokens
+            self.flops += 4 * self.d_model * tokens * mean_context
+            self.block_tokens += tokens
+            self.block_context += tokens * mean_context
+        return hook
+
+    def _head_hook(self, _module, args):
+        rows = args[0].shape[0] * args[0].shape[1]
+        self.flops += 2 * self.vocab * self.d_model * rows
+        self.logit_rows += rows
 
     def __enter__(self) -> "FlopCounter":
-        self.handle = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.handles = [block.register_forward_hook(self._block_hook(i), with_kwargs=True)
+                        for i, block in enumerate(self.blocks)]
+        self.handles.append(self.model.get_output_embeddings().register_forward_pre_hook(
+            self._head_hook))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
+        for handle in self.handles:
+            handle.remove()
 
 
 def matmul_peak_gflops(d_model: int, d_ff: int, dtype: torch.dtype, rows: int = 2048,

@@ -59,8 +59,12 @@ def run_side(side: str, features: list[int], words: list[str], threads: int,
 
     from bench.flops import matmul_peak_gflops
 
-    # the original recipe in float32 as published; ours as the product runs (bfloat16)
-    lm = load_model("default", dtype=torch.bfloat16 if side == "ours" else torch.float32,
+    # the original recipe in float32 as published; ours as the product runs (`--precision auto`:
+    # bfloat16 where the device runs it natively, else float32)
+    from selfexplain.models import resolve_precision
+
+    precision = resolve_precision("auto", device) if side == "ours" else "float32"
+    lm = load_model("default", dtype=getattr(torch, precision),
                     device=device)
     sae = load_sae("default")
     # The peak is measured in this process, under the same threads and machine load as the run
@@ -84,7 +88,7 @@ def run_side(side: str, features: list[int], words: list[str], threads: int,
     else:
         from selfexplain.explain import SelfExplainer
 
-        config = ExplainConfig.from_preset("default", precision="bfloat16")
+        config = ExplainConfig.from_preset("default", precision=precision)
         directions, kept, _ = sae.unit_directions(features, config.direction)  # typical inputs
         with FlopCounter(lm.model) as counter:
             start = time.perf_counter()
@@ -146,6 +150,7 @@ def main() -> None:
         )
         sides[side] = json.loads(done.stdout.strip().splitlines()[-1])
     from bench.flops import matmul_peak_gflops
+    from selfexplain.models import native_bfloat16
 
     torch.set_num_threads(args.threads)
     peak = {dtype: matmul_peak_gflops(576, 1536, getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
@@ -165,6 +170,11 @@ def main() -> None:
         "peak_rss_mb": ours["peak_rss_mb"],
         "baseline_peak_rss_mb": naive["peak_rss_mb"],
         "full_default_sae_minutes_estimate": DEFAULT_SAE_FEATURES / ours["features_per_min"],
+        # the blocks each forward really ran (bench.flops: until stop 33 the round trip's
+        # two-block reads were charged as full forwards, 209 instead of about 100 for today's)
+        "gflop_per_feature": ours["gflop"] / ours["features"],
+        "baseline_gflop_per_feature": naive["gflop"] / naive["features"],
+        "native_bfloat16": native_bfloat16(args.device),
         # the same token work on Gemma-2B's shapes, for a 16k SAE; hours at 30% of an A100's
         # 312 TFLOP/s bf16 peak (an assumption, not a measurement: no GPU here)
         "gemma2b_16k_pflop": ours["gemma2b_gflop_per_feature"] * 16384 / 1e6,
@@ -189,6 +199,8 @@ def print_table(results: dict) -> None:
         *[(f"  {stage} s", f"{naive['timings'][stage]:.1f}", f"{ours['timings'][stage]:.1f}")
           for stage in ("prefill", "metrics", "generation", "selection")],
         ("model GFLOP", f"{naive['gflop']:.0f}", f"{ours['gflop']:.0f}"),
+        ("GFLOP / feature", f"{results['baseline_gflop_per_feature']:.0f}",
+         f"{results['gflop_per_feature']:.0f}"),
         ("achieved GFLOP/s", f"{naive['achieved_gflops']:.1f}", f"{ours['achieved_gflops']:.1f}"),
         ("dtype", naive["dtype"].removeprefix("torch."), ours["dtype"].removeprefix("torch.")),
         ("matmul peak GFLOP/s", f"{naive['matmul_peak_gflops']:.1f}", f"{ours['matmul_peak_gflops']:.1f}"),
