@@ -93,7 +93,7 @@ class SelfExplainer:
             None if config.generation_scales is None
             else torch.tensor(config.generation_scales) * self.unit
         )
-        kinds = [MEANING, REPEAT] if config.recover_token else [MEANING]
+        kinds = [MEANING, REPEAT] if config.recover_token and config.repeat_scales else [MEANING]
         began = time.perf_counter()
         self.states = {kind: self._prepare(kind) for kind in kinds}
         self.roundtrip = RoundTrip(lm, self.injection_layer, list(NORM_TEXTS))

@@ -24,7 +24,8 @@ def test_explain_returns_ranked_candidates_for_every_family(tiny_lm_any):
     for r in results:
         meaning = [c for c in r.candidates if c.prompt == "meaning"]
         repeat = [c for c in r.candidates if c.prompt == "repeat"]
-        assert len(meaning) == 4 and len(repeat) == 4  # 2 best scales x 2 samples
+        # meaning: 2 best scales x 2 samples; repeat: the preset's 1 best of them x 2 samples
+        assert len(meaning) == 4 and len(repeat) == 2
         assert sorted(c.rank for c in meaning) == list(range(4))
         assert len(r.explanations) <= 3
         assert all(c.chosen for c in r.explanations)
@@ -34,6 +35,24 @@ def test_explain_returns_ranked_candidates_for_every_family(tiny_lm_any):
         assert all(c.scale >= explainer.min_scale for c in r.explanations)
         assert r.failed == (r.max_roundtrip < explainer.config.failure_threshold)
         assert len(r.sweeps) == 2 and len(r.sweeps[0].scales) == 4
+
+
+def test_repeat_scales_count_and_zero_runs_no_repeat_prompt(tiny_lm):
+    directions = torch.randn(2, tiny_lm.d_model)
+    two = SelfExplainer(tiny_lm, _config(repeat_scales=2)).explain(directions, [0, 1])
+    assert all(sum(c.prompt == "repeat" for c in r.candidates) == 4 for r in two)
+    none = SelfExplainer(tiny_lm, _config(repeat_scales=0)).explain(directions, [0, 1])
+    for with_repeat, without in zip(two, none):
+        assert {c.prompt for c in without.candidates} == {"meaning"} and len(without.sweeps) == 1
+        assert without.max_selfsim_repeat is None
+        # the meaning prompt's samples do not depend on the repeat prompt
+        assert ([c.text for c in without.candidates]
+                == [c.text for c in with_repeat.candidates if c.prompt == "meaning"])
+        # peak recovery reads the meaning answers: the token of the best-reading one
+        best = max(without.candidates, key=lambda c: c.extra["roundtrip"])
+        assert without.recovered_token == best.peak_token
+    with pytest.raises(InputError, match="repeat_scales 0 runs no repeat prompt"):
+        _config(repeat_scales=0, token_recovery="answer")
 
 
 def test_sampling_is_reproducible_and_independent_of_batching(tiny_lm):
@@ -109,7 +128,8 @@ def test_bfloat16_engine_and_precision_check():
     config = _config(precision="bfloat16")
     assert config.settings_hash() != _config().settings_hash()
     results = SelfExplainer(lm, config).explain(torch.randn(2, lm.d_model), [0, 1])
-    assert all(len(r.candidates) == 8 and r.max_roundtrip is not None for r in results)
+    # meaning 2 scales x 2 samples + repeat 1 scale x 2 samples
+    assert all(len(r.candidates) == 6 and r.max_roundtrip is not None for r in results)
 
 
 def test_repeat_prompt_has_its_own_token_budget(tiny_lm):
