@@ -402,11 +402,23 @@ def _distinct_top(ranking: list[int], texts: list[str], top_n: int) -> set[int]:
     seen: set[str] = set()
     chosen: set[int] = set()
     for i in ranking:
-        key = " ".join(texts[i].lower().strip(" .,;:!?'").split())
+        key = label_key(texts[i])
         if key and key not in seen and len(chosen) < top_n:
             seen.add(key)
             chosen.add(i)
     return chosen
+
+
+def label_key(text: str) -> str:
+    """What two labels must differ in to both be kept: case, outer punctuation and spacing do not
+    count; a label of punctuation only (`!!`) has an empty key and is never chosen."""
+    return " ".join(text.lower().strip(" .,;:!?'").split())
+
+
+def distinct_top(texts: Sequence[str], top_n: int) -> list[str]:
+    """The labels the engine keeps from `texts` in ranking order (`_distinct_top`'s rule)."""
+    chosen = _distinct_top(list(range(len(texts))), list(texts), top_n)
+    return [text for i, text in enumerate(texts) if i in chosen]
 
 
 def recover_token(repeat: list[Candidate], *, majority: bool) -> str | None:

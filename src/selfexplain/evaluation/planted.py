@@ -28,7 +28,7 @@ from selfexplain.config import ExplainConfig
 from selfexplain.evaluation.matching import names_any, same_token
 from selfexplain.evaluation.stats import summarise_binary
 from selfexplain.evaluation.wordlists import Concept, concept_directions
-from selfexplain.explain import SelfExplainer, recover_token
+from selfexplain.explain import SelfExplainer, distinct_top, recover_token
 from selfexplain.metrics import composite as composite_metric
 from selfexplain.metrics import nearest_scale_index
 from selfexplain.models import LoadedModel
@@ -171,7 +171,9 @@ def score_strategies(results: Sequence[FeatureExplanation], concepts: Sequence[C
     frames = []
     for name, strategy in named.items():
         kw = dict(min_scale=min_scale, entropy_metric=entropy_metric, alpha=alpha)
-        labels = [[c.text for c in rerank(fe, strategy, **kw)] for fe in results]
+        # the labels the engine would keep under this ranking: distinct, never punctuation only
+        labels = [distinct_top([c.text for c in rerank(fe, strategy, **kw)], top_n)
+                  for fe in results]
         recovered = [reranked_token(fe, strategy, token_recovery, **kw) for fe in results]
         frames.append(score_labels(
             labels, concepts, method=prefix + name,
