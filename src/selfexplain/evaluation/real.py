@@ -193,9 +193,11 @@ def reranked_inputs(results: Sequence[FeatureExplanation], strategy: str, *, min
     """`score_real` keyword arguments when the same samples are ranked by another strategy (the
     `peak` token does not depend on the ranking: the engine's recovered token stands)."""
     from selfexplain.evaluation.planted import rerank, reranked_token
+    from selfexplain.explain import distinct_top
 
     kw = dict(min_scale=min_scale, entropy_metric=entropy_metric)
-    tops = [[c.text for c in rerank(fe, strategy, **kw) if c.text][:top_n] for fe in results]
+    # the labels the engine would keep under this ranking (distinct, never punctuation only)
+    tops = [distinct_top([c.text for c in rerank(fe, strategy, **kw)], top_n) for fe in results]
     recovered = [reranked_token(fe, strategy, token_recovery, **kw) for fe in results]
     return dict(features=[fe.feature for fe in results],
                 labels=[t[0] if t else None for t in tops], recovered=recovered, top_labels=tops,
