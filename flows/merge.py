@@ -61,8 +61,12 @@ def scale_out(request: RelabelRequest, out_dir: str, launcher: str = "deployment
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
     groups = split_shards(features, request.shard_size * shards_per_run)
+    # `--precision auto` resolved here, once: a shard on a worker with other hardware must label
+    # with the same settings (precision is in the settings hash), not pick its own
+    overrides = {**request.overrides, "precision": request.config().precision}
     parts = [request.model_copy(update={"features": compact(g), "all_features": False,
-                                        "out_dir": out_dir}) for g in groups]
+                                        "out_dir": out_dir, "overrides": overrides})
+             for g in groups]
     progress = start_progress(artifact_key("scale-out", sae.release, sae.sae_id), len(parts))
     print(f"scale-out {sae.release}/{sae.sae_id}: {len(features)} features in {len(parts)} shard "
           f"runs ({launcher})")
