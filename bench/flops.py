@@ -48,9 +48,9 @@ class FlopCounter:
         def hook(_module, args, kwargs, _output):  # after the block: a block a hook stopped never ran
             hidden = args[0] if args else kwargs["hidden_states"]
             batch, seq = hidden.shape[:2]
-            positions = kwargs.get("position_ids")
-            past = float(positions.float().mean()) - (seq - 1) / 2 if positions is not None else 0.0
-            mean_context = past + (seq + 1) / 2
+            positions = kwargs.get("position_ids")  # absolute: past the cached prefix
+            mean_context = (float(positions.float().mean()) + 1 if positions is not None
+                            else (seq + 1) / 2)
             tokens = batch * seq
             self.flops += 2 * self.block_params[index] * tokens
             self.flops += 4 * self.d_model * tokens * mean_context

@@ -32,7 +32,6 @@ from selfexplain.models import load_model
 from selfexplain.statstore import load_sae
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--split", default="dev", choices=["dev", "test"])

@@ -11,7 +11,7 @@ import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
@@ -245,6 +245,12 @@ def native_bfloat16(device: str | torch.device = "cpu") -> bool:
     device = resolve_device(device)
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
+    return _cpu_native_bfloat16()
+
+
+@lru_cache(maxsize=1)
+def _cpu_native_bfloat16() -> bool:
+    """`native_bfloat16` for the CPU, read once per process (every request's config() asks)."""
     checks = [getattr(torch.cpu, name, None)
               for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if any(check is not None and check() for check in checks):

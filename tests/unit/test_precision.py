@@ -38,11 +38,18 @@ def test_cpu_check_reads_torch_then_cpuinfo(monkeypatch, tmp_path):
         return cpuinfo if str(name) == "/proc/cpuinfo" else real_path(name)
 
     monkeypatch.setattr(models, "Path", fake_path)
+    fresh = models._cpu_native_bfloat16.cache_clear  # read once per process: start each case anew
     cpuinfo.write_text("flags\t\t: fpu sse sse2 avx avx2 fma\n")
+    fresh()
     assert native_bfloat16("cpu") is False
     cpuinfo.write_text("Features\t: fp asimd sve bf16 i8mm\n")  # Arm
+    assert native_bfloat16("cpu") is False  # the first answer stands for the process
+    fresh()
     assert native_bfloat16("cpu") is True
     cpuinfo.unlink()  # unreadable: assume emulated
+    fresh()
     assert native_bfloat16("cpu") is False
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    fresh()
     assert native_bfloat16("cpu") is True
+    fresh()  # leave no fake answer behind for later tests
