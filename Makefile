@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test train-adapter test-fast bench bench-gpu bench-errors bench-browse bench-carryover bench-collect collect scale-out gemma ui browse chromium corpus train-default-sae clean
+.PHONY: install run test train-adapter test-fast bench bench-gpu bench-errors bench-browse bench-carryover bench-collect bench-scale-out collect scale-out gemma ui browse chromium corpus train-default-sae clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,11 @@ WORKERS ?= 2
 SCALE_OUT_FEATURES ?= 0-127
 scale-out: install
 	$(VENV)/bin/selfexplain scale-out --workers $(WORKERS) --features $(if $(filter command line,$(origin FEATURES)),$(FEATURES),$(SCALE_OUT_FEATURES)) --warehouse $(WAREHOUSE)
+
+# The same latents by relabel in one process, and by scale-out with 1 and 2 warm workers
+# (bench/scale_out.json; bar: per_feature_ratio_1_worker <= 1.25).
+bench-scale-out: install
+	$(PY) -m bench.scale_out
 
 ui: install
 	bash scripts/ui.sh

@@ -50,14 +50,22 @@ def latest_label(warehouse: str, release: str, sae_id: str, feature: int) -> dic
     return rows.to_dicts()[0] if rows.height else None
 
 
-def run(args: argparse.Namespace) -> int:
+def check_feature(feature: int, width: int) -> None:
     from selfexplain.errors import InputError
 
+    if not 0 <= feature < width:
+        raise InputError(f"feature {feature} is out of range: this SAE has features "
+                         f"0..{width - 1}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from selfexplain.saes import peek_width
+
+    width = peek_width(args.sae)  # from the file headers: answers before sae-lens is imported
+    if width is not None:
+        check_feature(args.feature, width)
     frame, release, sae_id = sae_stats(args.sae)
-    if not 0 <= args.feature < frame.height:
-        raise InputError(
-            f"feature {args.feature} is out of range: this SAE has features 0..{frame.height - 1}"
-        )
+    check_feature(args.feature, frame.height)
     row = frame.row(args.feature, named=True)
     label: dict | None = None
     label_note = None

@@ -3,8 +3,10 @@
     with LocalCluster(workers=2) as cluster:   # `selfexplain scale-out` and `make scale-out`
         scale_out(request, out_dir, ...)       # run with PREFECT_API_URL = cluster.api_url
 
-The `relabel-shard` deployment is registered from this checkout (`flow.from_source` on the
+The `shard-worker` deployment is registered from this checkout (`flow.from_source` on the
 repository folder, prefect.yaml's settings), so workers run the code they are started beside.
+Each worker serves one `shard-worker` run at a time; that run keeps the model loaded across the
+shards it leases (flows/merge.py).
 Every process lives in its own process group and is stopped on exit; `kill_worker` kills one
 worker and the flow run it is executing, as a machine failure would.
 """
@@ -26,7 +28,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "selfexplain-local"
-SHARD_DEPLOYMENT = "relabel-shard"
+SHARD_DEPLOYMENT = "shard-worker"
+SHARD_FLOW = "shard-worker"
 
 
 def free_port() -> int:
@@ -102,18 +105,42 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> None:
-        prefect = [sys.executable, "-m", "prefect"]
         if self.own_server:
-            self.server = self._spawn([*prefect, "server", "start", "--host", "127.0.0.1",
-                                       "--port", str(self.port)], "server.log")
+            self.start_server()
         self.wait_for_server()
         self.deploy()
         for i in range(self.n_workers):
             self.start_worker(i)
 
+    def start_server(self) -> subprocess.Popen:
+        """The Prefect server on this cluster's port; its database lives in the cluster's home,
+        so a restarted server knows every run the last one did."""
+        self.server = self._spawn([sys.executable, "-m", "prefect", "server", "start", "--host",
+                                   "127.0.0.1", "--port", str(self.port)], "server.log")
+        return self.server
+
+    def restart_server(self, down_s: float = 0.0) -> None:
+        """Stop the server (SIGTERM, as an upgrade or a reboot would), stay down `down_s`
+        seconds, start it again on the same port and wait until it answers."""
+        if not self.own_server:
+            raise RuntimeError("this cluster did not start the server it uses")
+        self._stop_server()
+        time.sleep(down_s)
+        self.start_server()
+        self.wait_for_server()
+
+    def _stop_server(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            _kill_tree(self.server, signal.SIGTERM)
+            try:
+                self.server.wait(15)
+            except subprocess.TimeoutExpired:
+                _kill_tree(self.server)
+                self.server.wait()
+
     def start_worker(self, i: int) -> subprocess.Popen:
-        """Worker i, running one shard at a time with its share of the cores (N workers on one
-        machine would otherwise each start as many threads as there are cores)."""
+        """Worker i, running one shard-worker run at a time with its share of the cores (N
+        workers on one machine would otherwise each start as many threads as there are cores)."""
         threads = max(1, (os.cpu_count() or 1) // self.n_workers)
         worker = self._spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
                               "--type", "process", "--limit", "1", "--name", f"worker-{i}"],
@@ -138,7 +165,7 @@ class LocalCluster:
                 time.sleep(0.5)
 
     def deploy(self) -> str:
-        """The process work pool and the `relabel-shard` deployment (prefect.yaml's settings),
+        """The process work pool and the `shard-worker` deployment (prefect.yaml's settings),
         from this checkout. Idempotent."""
         from prefect import flow
         from prefect.client.orchestration import get_client
@@ -179,19 +206,14 @@ class LocalCluster:
             if worker.poll() is None:
                 _kill_tree(worker)
                 worker.wait()
-        if self.server is not None and self.server.poll() is None:
-            _kill_tree(self.server, signal.SIGTERM)
-            try:
-                self.server.wait(15)
-            except subprocess.TimeoutExpired:
-                _kill_tree(self.server)
-                self.server.wait()
+        self._stop_server()
 
 
 def run_scale_out(request, out_dir: str, *, workers: int, api_url: str | None = None,
+                  worker_runs: int | None = None, shards_per_run: int = 4,
                   stale_after_s: float = 60.0, announce=print) -> dict[str, int]:
     """The `scale-out` flow on a local cluster of `workers` (or the server at `api_url` and its
-    workers): check the request first (the SAE, features, warehouse and model, in seconds),
+    workers), with `worker_runs` shard-worker runs (default: one per worker): check the request first (the SAE, features, warehouse and model, in seconds),
     then start it, run the flow against it, stop it. `announce` gets the progress lines."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -203,8 +225,27 @@ def run_scale_out(request, out_dir: str, *, workers: int, api_url: str | None = 
     cluster = LocalCluster(workers, api_url=api_url)
     announce(f"starting {'the Prefect server and ' if cluster.own_server else ''}{workers} "
              f"workers (pool {POOL}; logs in {cluster.log_dir}) ...")
+    began = time.perf_counter()
     with cluster, temporary_settings({PREFECT_API_URL: cluster.api_url}):
+        announce(f"cluster ready in {time.perf_counter() - began:.1f} s")
         announce(f"Prefect UI: {cluster.api_url.removesuffix('/api')}  (runs -> scale-out: "
                  "child runs and the progress artifact)")
-        return scale_out(request, out_dir, launcher="deployment",
-                         deployment=f"relabel/{SHARD_DEPLOYMENT}", stale_after_s=stale_after_s)
+        try:
+            return scale_out(request, out_dir, launcher="workers",
+                             worker_runs=worker_runs or workers,
+                             shards_per_run=shards_per_run,
+                             deployment=f"{SHARD_FLOW}/{SHARD_DEPLOYMENT}",
+                             stale_after_s=stale_after_s)
+        finally:
+            drain_to_server()
+
+
+def drain_to_server(timeout_s: float = 15.0) -> None:
+    """Send this process's queued logs and events while the server still runs. Left queued, they
+    are retried against the stopped server at exit: over a minute of "Error logging to API"."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            service.drain_all(timeout=timeout_s)

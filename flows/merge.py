@@ -1,31 +1,45 @@
-"""Scale-out in miniature: shards run elsewhere (separate flow runs or deployments on a work pool)
-write Parquet folders; `merge_shards` upserts them through the single writer.
+"""Scale-out: warm shard workers on a work pool label the shards of one request, writing Parquet
+folders; `merge_shards` upserts them through the single writer.
 
-    scale_out(request, launcher="deployment")   # one `run_deployment` per shard, then merge
-    merge_shards(out_dir, warehouse)            # idempotent: merging twice changes nothing
+    scale_out(request, out_dir)                  # N `shard-worker` runs lease the shards, then merge
+    scale_out(request, out_dir, launcher="subflow")   # the same shards in this process
+    merge_shards(out_dir, warehouse)             # idempotent: merging twice changes nothing
+
+A `shard-worker` run is a long-lived flow run on any worker of the pool: it loads the model and
+SAE once, then claims shard after shard from a board on the shared `out_dir`
+(selfexplain.leases) and runs each as a `relabel` child run, until none is left. A worker that
+dies leaves a lease that goes stale; another worker (or a fresh worker run) takes the shard over.
+Nothing depends on Prefect redelivering work, so a server restart loses nothing either.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 
 from flows.relabel import relabel, with_statistics
+from selfexplain.leases import ShardBoard
 from selfexplain.runlock import writer_lock
 from selfexplain.saes import check_features
 from tasks.artifacts import artifact_key, start_progress, update_progress
 from tasks.request import RelabelRequest, compact, split_shards
 from tasks.sae import load_sae_info
-from tasks.store import heartbeat_path, merge_folder, publish_snapshot
+from tasks.store import heartbeat, heartbeat_path, merge_folder, publish_snapshot
+
+BOARDS = ".scale-out"
+"""Under out_dir: one shard board per scale-out run."""
 
 
 def shard_folders(out_dir: str) -> list[Path]:
     """Finished folders (run rows first, then shards); `.partial` ones are still being written."""
-    folders = [p for p in Path(out_dir).glob("*/*") if p.is_dir() and not p.name.endswith(".partial")]
+    folders = [p for p in Path(out_dir).glob("*/*") if p.is_dir() and not p.name.endswith(".partial")
+               and not p.parent.name.startswith(".")]
     return sorted(folders, key=lambda p: (p.parent.name, not p.name.startswith("run-"), p.name))
 
 
@@ -43,20 +57,62 @@ def merge_shards(out_dir: str, warehouse: str) -> dict[str, int]:
     return {"folders": len(folders), "rows": rows}
 
 
-@flow(name="scale-out", log_prints=True)
-def scale_out(request: RelabelRequest, out_dir: str, launcher: str = "deployment",
-              deployment: str = "relabel/relabel-shard", shards_per_run: int = 1,
-              stale_after_s: float = 60.0, max_attempts: int = 3,
-              poll_s: float = 2.0) -> dict[str, int]:
-    """Split the request into shard runs writing Parquet to `out_dir`, then merge them.
+@flow(name="shard-worker", log_prints=True)
+def shard_worker(board: str, out_dir: str, poll_s: float = 2.0) -> dict[str, int]:
+    """Claim shards from `board` and label each as a `relabel` child run, in this one process
+    (the model and SAE stay loaded between shards), until every shard is done or failed.
 
-    launcher `deployment`: `run_deployment` per shard on a work pool (workers anywhere that share
-    `out_dir`); the child runs show under this run in the UI, with a progress artifact. A shard
-    whose run crashed, or whose heartbeat (tasks.store.heartbeat) went silent for `stale_after_s`
-    because its worker died, is marked Crashed and submitted again (up to `max_attempts`): its
-    Parquet is written atomically, so nothing is lost or doubled. A shard that *fails* (bad input)
-    fails the scale-out at once with its reason. `subflow`: the same runs in this process.
+    Waits while other live workers hold the last shards, so that it takes one over at once if its
+    worker dies. A shard that raises is marked failed with its reason and fails this run."""
+    shards = ShardBoard(board)
+    me = flow_run.id or f"local-{uuid.uuid4().hex[:8]}"
+    labelled = 0
+    with heartbeat(out_dir, me):  # the parent tells a dead worker run from a busy one by this
+        while True:
+            claim = shards.claim(me)
+            if claim is None:
+                if shards.status().settled:
+                    break
+                time.sleep(poll_s)
+                continue
+            part = RelabelRequest.model_validate(shards.parts[claim.index])
+            with shards.held(claim):
+                try:
+                    relabel(part)
+                except Exception as err:
+                    shards.fail(claim, f"{type(err).__name__}: {err}".splitlines()[0][:500])
+                    raise
+            shards.finish(claim)
+            labelled += 1
+            print(f"shard {claim.index + 1}/{len(shards.parts)} (features {part.features}) "
+                  f"done{'' if claim.attempt == 1 else f' (attempt {claim.attempt})'}")
+    return {"shards": labelled}
+
+
+@flow(name="scale-out", log_prints=True)
+def scale_out(request: RelabelRequest, out_dir: str, launcher: str = "workers",
+              deployment: str = "shard-worker/shard-worker", worker_runs: int = 2,
+              shards_per_run: int = 4, stale_after_s: float = 60.0, max_attempts: int = 3,
+              poll_s: float = 2.0) -> dict[str, int]:
+    """Split the request into shards labelled into Parquet under `out_dir`, then merge them.
+
+    launcher `workers`: `worker_runs` runs of the `shard-worker` deployment on a work pool
+    (workers anywhere that share `out_dir`) lease the shards; they show under this run in the UI,
+    with a progress artifact. A shard whose worker died (its lease silent for `stale_after_s`) is
+    taken over by another worker; a worker run that crashed, or went silent, is marked Crashed and
+    replaced while shards are left. Parquet is written atomically, so nothing is lost or doubled.
+    A shard that *fails* (bad input) fails the scale-out at once with its reason. A shard lost
+    `max_attempts` times fails it too. `subflow`: the same shards in this process.
+
+    Each leased part is `shards_per_run` shards of `request.shard_size` (one `relabel` child run
+    labelling them one after another): a child run costs about 2 s of its own (preflight, held-out
+    scoring, artifacts, Prefect's bookkeeping), so parts of one 8-latent shard made a latent cost
+    1.5x what it costs in one process; a lost worker costs its part's redo.
     """
+    if shards_per_run < 1:
+        raise ValueError(f"shards_per_run {shards_per_run}: at least 1")
+    if launcher not in ("workers", "subflow"):
+        raise ValueError(f"launcher {launcher!r}: `workers` or `subflow`")
     sae = with_statistics(request, load_sae_info(request.sae))  # once, before the shards
     features = request.feature_list(sae.d_sae)
     check_features(features, sae.d_sae)
@@ -68,15 +124,18 @@ def scale_out(request: RelabelRequest, out_dir: str, launcher: str = "deployment
                                         "out_dir": out_dir, "overrides": overrides})
              for g in groups]
     progress = start_progress(artifact_key("scale-out", sae.release, sae.sae_id), len(parts))
-    print(f"scale-out {sae.release}/{sae.sae_id}: {len(features)} features in {len(parts)} shard "
-          f"runs ({launcher})")
+    print(f"scale-out {sae.release}/{sae.sae_id}: {len(features)} features in {len(parts)} "
+          f"shards ({launcher}{f', {worker_runs} worker runs' if launcher == 'workers' else ''})")
     if launcher == "subflow":
         for done, part in enumerate(parts, 1):
             relabel(part)
             update_progress(progress, done, len(parts))
     else:
-        ShardRuns(parts, deployment, out_dir, progress, stale_after_s=stale_after_s,
-                  max_attempts=max_attempts, poll_s=poll_s).wait()
+        board = ShardBoard.create(Path(out_dir, BOARDS, flow_run.id or uuid.uuid4().hex),
+                                  [p.model_dump() for p in parts], stale_after_s=stale_after_s,
+                                  max_attempts=max_attempts)
+        WorkerRuns(board, deployment, out_dir, progress, worker_runs=worker_runs,
+                   poll_s=poll_s).wait()
     return merge_shards(out_dir, request.warehouse)
 
 
@@ -84,50 +143,87 @@ class ShardFailed(RuntimeError):
     """A shard run failed on its own (bad input, a bug): retrying would fail the same way."""
 
 
-class ShardRuns:
-    """The shard runs of one scale-out: submit, watch, resubmit the dead ones."""
+class WorkerRuns:
+    """The worker runs of one scale-out: submit them, watch the board, replace the dead ones."""
 
-    def __init__(self, parts: list[RelabelRequest], deployment: str, out_dir: str,
-                 progress, *, stale_after_s: float, max_attempts: int, poll_s: float,
-                 server_grace_s: float = 300.0) -> None:
-        self.parts, self.deployment, self.out_dir = parts, deployment, out_dir
-        self.progress = progress
-        self.stale_after_s, self.max_attempts, self.poll_s = stale_after_s, max_attempts, poll_s
-        self.server_grace_s = server_grace_s
-        self.runs: dict[int, object] = {}
-        self.attempts: dict[int, int] = {}
+    def __init__(self, board: ShardBoard, deployment: str, out_dir: str, progress, *,
+                 worker_runs: int, poll_s: float, server_grace_s: float = 300.0) -> None:
+        if worker_runs < 1:
+            raise ValueError(f"worker_runs {worker_runs}: at least one")
+        self.board, self.deployment, self.out_dir = board, deployment, out_dir
+        self.progress, self.poll_s, self.server_grace_s = progress, poll_s, server_grace_s
+        self.stale_after_s = board.stale_after_s
+        self.target = min(worker_runs, len(board.parts))
+        self.max_submissions = self.target + board.max_attempts * len(board.parts)
+        """Bounds the replacements: every lost worker run costs a shard at most one attempt."""
+        self.runs: list[object] = []
+        """Flow run ids submitted, in order."""
+        self.settled: set[object] = set()
+        """Runs known to be over (or marked Crashed by us)."""
 
-    def submit(self, i: int) -> None:
+    def submit(self) -> None:
+        if len(self.runs) >= self.max_submissions:
+            raise RuntimeError(f"{len(self.runs)} worker runs submitted and none left alive; "
+                               f"see the crashed `shard-worker` runs in the UI")
         run = self._api(lambda: run_deployment(
-            self.deployment, parameters={"request": self.parts[i].model_dump()}, timeout=0))
-        self.runs[i] = run.id
-        self.attempts[i] = self.attempts.get(i, 0) + 1
+            self.deployment, timeout=0,
+            parameters={"board": str(self.board.folder), "out_dir": self.out_dir}))
+        self.runs.append(run.id)
 
     def wait(self) -> None:
-        for i in range(len(self.parts)):
-            self.submit(i)
-        done: set[int] = set()
-        while len(done) < len(self.parts):
-            for i in [i for i in range(len(self.parts)) if i not in done]:
-                run = self._api(lambda i=i: self._read(self.runs[i]))
-                state = run.state
-                what = f"shard {i + 1}/{len(self.parts)} (features {self.parts[i].features})"
-                if state is not None and state.is_completed():
-                    done.add(i)
-                    self._api(lambda: update_progress(self.progress, len(done), len(self.parts)))
-                    print(f"{what} done ({run.name})")
-                elif state is not None and state.is_failed():
-                    raise ShardFailed(f"{what} failed in run {run.name}: {state.message}")
-                elif self._dead(run):
-                    if self.attempts[i] >= self.max_attempts:
-                        raise RuntimeError(f"{what} died {self.attempts[i]} times; last run "
-                                           f"{run.name} ended {state.type.value if state else '?'}")
-                    reason = state.type.value if state and state.is_final() else "silent worker"
-                    self._api(lambda run=run: self._crash(run))
-                    print(f"{what}: run {run.name} lost ({reason}); submitting it again")
-                    self.submit(i)
-            if len(done) < len(self.parts):
-                time.sleep(self.poll_s)
+        for _ in range(self.target):
+            self.submit()
+        reported = -1
+        while True:
+            status = self.board.status()
+            if status.failed:
+                index, reason = next(iter(status.failed.items()))
+                raise ShardFailed(f"shard {index + 1}/{status.n_shards} (features "
+                                  f"{self.board.parts[index]['features']}) failed: {reason}")
+            if len(status.done) != reported:
+                reported = len(status.done)
+                self._api(lambda: update_progress(self.progress, reported, status.n_shards))
+            if status.settled:
+                self._cancel_waiting()
+                return
+            alive = self._alive()
+            left = status.n_shards - len(status.done)
+            for _ in range(min(self.target, left) - alive):
+                print(f"{alive} worker runs alive, {left} shards left: submitting another")
+                self.submit()
+            time.sleep(self.poll_s)
+
+    def _alive(self) -> int:
+        """Worker runs that are scheduled, or pending/running with a fresh heartbeat. A run that
+        failed without marking a shard failed (an import error, bad parameters) fails us."""
+        alive = 0
+        for run_id in [r for r in self.runs if r not in self.settled]:
+            run = self._api(lambda run_id=run_id: self._read(run_id))
+            state = run.state
+            if state is not None and state.is_failed():
+                self.settled.add(run_id)
+                if not self.board.status().failed:
+                    raise ShardFailed(f"worker run {run.name} failed: {state.message}")
+            elif state is not None and state.is_final():
+                self.settled.add(run_id)
+            elif self._dead(run):
+                self.settled.add(run_id)
+                self._api(lambda run=run: self._crash(run))
+                print(f"worker run {run.name} lost (no heartbeat for {self.stale_after_s:g} s)")
+            else:
+                alive += 1
+        return alive
+
+    def _cancel_waiting(self) -> None:
+        """Every shard is done: worker runs still queued behind busy workers are not needed."""
+        from prefect.states import Cancelled
+
+        for run_id in [r for r in self.runs if r not in self.settled]:
+            run = self._api(lambda run_id=run_id: self._read(run_id))
+            if run.state is not None and run.state.is_scheduled():
+                with get_client(sync_client=True) as client:
+                    self._api(lambda: client.set_flow_run_state(
+                        run_id, Cancelled(message="every shard was done by other workers")))
 
     def _dead(self, run) -> bool:
         """Crashed or cancelled, or running/pending with no heartbeat for stale_after_s."""
@@ -155,8 +251,8 @@ class ShardRuns:
         if run.state is not None and run.state.is_final():
             return
         with get_client(sync_client=True) as client:
-            client.set_flow_run_state(run.id, Crashed(message="worker lost: no heartbeat; the "
-                                                      "shard was submitted again"), force=True)
+            client.set_flow_run_state(run.id, Crashed(message="worker lost: no heartbeat; its "
+                                                      "shard goes to another worker"), force=True)
 
     def _api(self, call):
         """`call()`, retried while the Prefect server is unreachable (restarting) for up to

@@ -38,7 +38,6 @@ from tasks.request import RelabelRequest, SaeInfo, shard_key, split_shards
 from tasks.sae import collect_stats, load_sae_info, sae_feature_stats
 from tasks.score import best_scored_current, score_carried, score_labels
 from tasks.store import (
-    heartbeat,
     mark_interrupted,
     publish_snapshot,
     read_labels,
@@ -95,9 +94,8 @@ def relabel(request: RelabelRequest) -> dict[str, object]:
     """Relabel the requested features of one SAE; returns a summary of the run.
 
     One run per warehouse at a time: a second gets WarehouseInUse naming the first's PID."""
-    if request.out_dir is not None:  # a scale-out shard: tell the parent this run is alive
-        with heartbeat(request.out_dir, flow_run.id or "local"):
-            return _relabel(request)
+    if request.out_dir is not None:  # a scale-out shard: Parquet, no warehouse to hold
+        return _relabel(request)
     with writer_lock(request.warehouse):
         return _relabel(request)
 

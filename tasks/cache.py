@@ -35,3 +35,12 @@ def cached_explainer(spec: str, device: str, config: ExplainConfig):
 def cached_sae(spec: str) -> SaeDirections:
     """One load per process: the SAE task and every shard in this process share it."""
     return load_sae(spec)
+
+
+@lru_cache(maxsize=2)
+def cached_scorer(spec: str, stats_dir: str):
+    """The held-out embedding scorer of an SAE's statistics folder (its examples and the
+    embedding model: about a second to load), kept for every shard this process scores."""
+    from selfexplain.scoring import scorer_for
+
+    return scorer_for(stats_dir, cached_sae(spec).decoder)

@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from selfexplain.saes import DEFAULT_SAE
-from tasks.cache import cached_sae
+from tasks.cache import cached_sae, cached_scorer
 from tasks.request import SaeInfo
 from tasks.retry import retry_transient
 
@@ -79,6 +79,7 @@ def collect_stats(spec: str, model: str, corpus: str, tokens: int, device: str =
 
     result = collect_statistics(lm, spec, corpus, CollectConfig(tokens=tokens), progress=progress)
     cached_sae.cache_clear()  # the next load attaches the new typical inputs
+    cached_scorer.cache_clear()  # and scores against the new held-out examples
     m = result.manifest
     log.info(f"statistics of {m['release']}/{m['sae_id']}: {m['train_tokens']:,} training and "
              f"{m['heldout_tokens']:,} held-out tokens in {m['seconds']:.0f} s -> {result.folder}")

@@ -15,8 +15,8 @@ def score_labels(spec: str, release: str, sae_id: str, run_id: str, features: li
                  labels: list[str | None]) -> pl.DataFrame | None:
     """`label_score` rows (embedding detection AUROC, random and hard negatives) for these
     labels of run `run_id`; None when the SAE has no held-out examples (`collect` makes them)."""
-    from selfexplain.scoring import scorer_for
     from selfexplain.statstore import heldout_dir
+    from tasks.cache import cached_scorer
 
     sae = cached_sae(spec)
     log = get_run_logger()
@@ -24,7 +24,7 @@ def score_labels(spec: str, release: str, sae_id: str, run_id: str, features: li
         log.info(f"no held-out examples for {release}/{sae_id}: labels left unscored "
                  "(`selfexplain collect` keeps them)")
         return None
-    scores = scorer_for(sae.stats_dir, sae.decoder).score(features, labels)
+    scores = cached_scorer(spec, str(sae.stats_dir)).score(features, labels)
     scored = scores.filter(pl.col("detection_auroc").is_not_null())
     if scored.height:
         log.info(f"held-out detection AUROC of {scored.height} labels: mean "

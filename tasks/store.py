@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import shutil
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from selfexplain.leases import kept_touched
 from selfexplain.runlock import write_locked
 from selfexplain.warehouse import Warehouse
 from tasks.retry import retry_transient
@@ -150,28 +150,8 @@ def heartbeat_path(out_dir: str | Path, flow_run_id: str) -> Path:
     return Path(out_dir) / ".heartbeats" / str(flow_run_id)
 
 
-@contextmanager
 def heartbeat(out_dir: str | Path, flow_run_id: str, every_s: float = HEARTBEAT_SECONDS):
     """Touch `<out_dir>/.heartbeats/<flow run id>` every few seconds while the block runs, so the
-    scale-out parent (on any machine sharing out_dir) can tell a shard whose worker died from a
-    slow one. A thread; stopped and joined in `finally`."""
-    path = heartbeat_path(out_dir, flow_run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                path.touch()
-            except OSError:  # a full or vanished disk fails the shard's own writes, not this
-                pass
-            if stop.wait(every_s):
-                return
-
-    thread = threading.Thread(target=beat, name="shard-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        stop.set()
-        thread.join()
+    scale-out parent (on any machine sharing out_dir) can tell a worker that died from a slow
+    one. A thread; stopped and joined in `finally`."""
+    return kept_touched(heartbeat_path(out_dir, flow_run_id), every_s)

@@ -12,7 +12,7 @@ def test_two_parquet_shard_runs_then_merge(tmp_path, tiny_model_dir, tiny_sae_di
     request = RelabelRequest(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-5",
                              shard_size=3, scales="0:2:4", samples=1, overrides=fast,
                              warehouse=str(warehouse))
-    summary = scale_out(request, str(out_dir), launcher="subflow")
+    summary = scale_out(request, str(out_dir), launcher="subflow", shards_per_run=1)
     runs = sorted(p.name.split("-")[0] for p in out_dir.glob("*/*") if p.is_dir())
     assert runs == ["run", "run", "shard", "shard"]  # two shard runs, each with its run row
     assert summary["folders"] == 4

@@ -1,7 +1,8 @@
-"""Scale-out for real: a Prefect server, a process work pool and two workers in their own
-processes run the tiny model's shards; one worker is killed mid-shard, its shard is submitted
-again and finished by the other, and the merged warehouse equals a single-process run row for row.
-A shard with bad input fails once, with its reason."""
+"""Scale-out for real: a Prefect server, a process work pool and workers in their own processes
+run warm `shard-worker` runs over the tiny model's shards. One worker is killed mid-shard and the
+other takes its shard over; the server is restarted mid-run and the run still finishes; in both
+the merged warehouse equals a single-process run row for row. A shard with bad input fails once,
+with its reason."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import time
 import polars as pl
 import pytest
 
-from flows.cluster import SHARD_DEPLOYMENT, LocalCluster
-from flows.merge import ShardFailed, scale_out
+from flows.cluster import SHARD_DEPLOYMENT, SHARD_FLOW, LocalCluster
+from flows.merge import BOARDS, ShardFailed, scale_out
 from flows.relabel import relabel
+from selfexplain.leases import ShardBoard
 from selfexplain.warehouse_read import open_reader
 from tasks.request import RelabelRequest
 
 pytestmark = pytest.mark.cluster
+
+DEPLOYMENT = f"{SHARD_FLOW}/{SHARD_DEPLOYMENT}"
 
 COMPARED = {
     "label": ["feature", "label", "top_labels", "recovered_token", "scale", "composite",
@@ -48,58 +52,117 @@ def running_on(cluster: LocalCluster, worker: int, client) -> bool:
                in pids for run in runs)
 
 
+def boards(out_dir) -> list[ShardBoard]:
+    return [ShardBoard(p) for p in sorted((out_dir / BOARDS).glob("*")) if (p / "plan.json").exists()]
+
+
+def in_background(cluster: LocalCluster, request: RelabelRequest, out_dir, **kw):
+    """The scale-out flow in a thread (as the CLI's process would run it); returns the thread
+    and the dict its summary or error lands in."""
+    outcome: dict[str, object] = {}
+
+    def parent() -> None:  # settings are context-local: a thread enters them again
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        try:
+            with temporary_settings({PREFECT_API_URL: cluster.api_url}):
+                outcome["summary"] = scale_out(request, str(out_dir), deployment=DEPLOYMENT,
+                                               poll_s=1, **kw)
+        except BaseException as err:  # reported by the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=parent)
+    thread.start()
+    return thread, outcome
+
+
+def wait_until(condition, thread, outcome, what: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        assert thread.is_alive(), outcome
+        time.sleep(0.2)
+
+
 def test_two_workers_one_killed_mid_shard_merge_equals_single_process(
         tmp_path, tiny_model_dir, tiny_sae_dir, fast):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    common = dict(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-15", shard_size=4,
-                  scales="0:2:3", samples=1, overrides=fast)
+    common = dict(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-15",
+                  shard_size=2, scales="0:2:3", samples=1, overrides=fast)
     single = str(tmp_path / "single.duckdb")
     relabel(RelabelRequest(warehouse=single, **common))
 
     merged = str(tmp_path / "merged.duckdb")
     request = RelabelRequest(warehouse=merged, **common)
-    outcome: dict[str, object] = {}
+    out_dir = tmp_path / "shards"
     with LocalCluster(2, home=tmp_path / "prefect") as cluster, \
             temporary_settings({PREFECT_API_URL: cluster.api_url}):
-        def parent() -> None:  # settings are context-local: a thread enters them again
-            try:
-                with temporary_settings({PREFECT_API_URL: cluster.api_url}):
-                    outcome["summary"] = scale_out(
-                        request, str(tmp_path / "shards"),
-                        deployment=f"relabel/{SHARD_DEPLOYMENT}", stale_after_s=15, poll_s=1)
-            except BaseException as err:  # reported below
-                outcome["error"] = err
-
-        thread = threading.Thread(target=parent)
-        thread.start()
+        thread, outcome = in_background(cluster, request, out_dir, worker_runs=2,
+                                        shards_per_run=1, stale_after_s=20)
         with get_client(sync_client=True) as client:
-            deadline = time.monotonic() + 240
-            while not running_on(cluster, 0, client):
-                assert time.monotonic() < deadline, "worker 0 never started a shard"
-                assert thread.is_alive(), outcome
-                time.sleep(0.2)
-        cluster.kill_worker(0)  # worker and its flow run, mid-shard
+            wait_until(lambda: running_on(cluster, 0, client) and boards(out_dir)
+                       and boards(out_dir)[0].status().leased, thread, outcome,
+                       "worker 0 never started a shard")
+        cluster.kill_worker(0)  # worker and its shard-worker run, mid-shard
         thread.join(600)
         assert not thread.is_alive()
         assert "error" not in outcome, outcome.get("error")
 
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs()
-        shard_states = [r.state.type.value for r in runs if r.deployment_id]
-        assert shard_states.count("COMPLETED") == 4  # every shard, one of them on its 2nd run
-        assert "CRASHED" in shard_states  # the killed one, marked so by the parent
+        worker_states = [r.state.type.value for r in runs if r.deployment_id]
+        assert "CRASHED" in worker_states  # the killed one, marked so by the parent
+        assert worker_states.count("COMPLETED") >= 1
+        (board,) = boards(out_dir)
+        assert board.status().settled and len(board.status().done) == 8
+        owners = [board.done_by(i) for i in range(8)]
+        # warm: a worker run labels many shards in one process (8 shards, at most 3 runs)
+        assert len(set(owners)) <= 3 and max(owners.count(o) for o in owners) >= 3
+        assert sum(board.attempts(i) for i in range(8)) >= 1  # the killed worker's shard
 
         # a shard with bad input fails once, with its reason, and is not resubmitted
         bad = RelabelRequest(warehouse=str(tmp_path / "bad.duckdb"),
                              **{**common, "model": str(tmp_path / "no-such-model")})
         with pytest.raises(ShardFailed, match="no-such-model"):
-            scale_out.fn(bad, str(tmp_path / "bad-shards"),
-                         deployment=f"relabel/{SHARD_DEPLOYMENT}", poll_s=1)
+            scale_out.fn(bad, str(tmp_path / "bad-shards"), deployment=DEPLOYMENT, poll_s=1,
+                         worker_runs=1, shards_per_run=1)
 
-    assert outcome["summary"]["folders"] >= 4
+    assert outcome["summary"]["folders"] >= 8
     expected, got = content(single), content(merged)
+    for table in COMPARED:
+        assert got[table].height == expected[table].height > 0, table
+        assert got[table].equals(expected[table]), table
+
+
+def test_server_restarted_mid_run_finishes_with_nothing_lost_or_doubled(
+        tmp_path, tiny_model_dir, tiny_sae_dir, fast):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    common = dict(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-11",
+                  shard_size=2, scales="0:2:3", samples=1, overrides=fast)
+    single = str(tmp_path / "single.duckdb")
+    relabel(RelabelRequest(warehouse=single, **common))
+
+    merged = str(tmp_path / "merged.duckdb")
+    out_dir = tmp_path / "shards"
+    with LocalCluster(1, home=tmp_path / "prefect") as cluster, \
+            temporary_settings({PREFECT_API_URL: cluster.api_url}):
+        thread, outcome = in_background(cluster, RelabelRequest(warehouse=merged, **common),
+                                        out_dir, worker_runs=1, shards_per_run=1,
+                                        stale_after_s=20)
+        wait_until(lambda: boards(out_dir) and boards(out_dir)[0].status().done, thread,
+                   outcome, "no shard finished")
+        assert len(boards(out_dir)[0].status().done) < 6  # the restart lands mid-run
+        cluster.restart_server(down_s=3)
+        thread.join(600)
+        assert not thread.is_alive()
+        assert "error" not in outcome, outcome.get("error")
+        (board,) = boards(out_dir)
+        assert board.status().settled and len(board.status().done) == 6
+
+    expected, got = content(merged), content(single)
     for table in COMPARED:
         assert got[table].height == expected[table].height > 0, table
         assert got[table].equals(expected[table]), table

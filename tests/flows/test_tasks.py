@@ -66,10 +66,11 @@ def test_an_sae_without_statistics_is_never_silently_explained_on_decoder_rows(
     """--no-collect: one line says decoder rows are injected and why; the injected key (and so
     the request hash) is the decoder's, and becomes the typical inputs' once they exist."""
     from flows.relabel import with_statistics
-    from tasks.cache import cached_sae
+    from tasks.cache import cached_sae, cached_scorer
     from tasks.sae import sae_info
 
     cached_sae.cache_clear()
+    cached_scorer.cache_clear()
     request = RelabelRequest.build(model=tiny_model_dir, sae=str(tiny_sae_dir), collect=False)
     info = sae_info(request.sae)
     with disable_run_logger():

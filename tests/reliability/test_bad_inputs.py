@@ -358,3 +358,17 @@ def test_restore_from_a_damaged_backup(damage, problem, warehouse, filled, tmp_p
     line = one_error_line(capsys.readouterr().err)
     assert re.search(problem, line), line
     assert_same_rows(all_rows(target), before)
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--workers", "0"], r"--workers 0: at least one worker"),
+    (["--worker-runs", "0"], r"--worker-runs 0: at least one"),
+    (["--shards-per-run", "0"], r"--shards-per-run 0: at least one"),
+    (["--stale-after", "5"], r"--stale-after 5: more than 10 s"),
+])
+def test_scale_out_bad_flags_answer_before_anything_starts(flags, problem, warehouse, capsys):
+    before = all_rows(warehouse)
+    assert main(["scale-out", "--warehouse", str(warehouse), *flags]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert re.search(problem, line), line
+    assert_same_rows(all_rows(warehouse), before)

@@ -211,6 +211,19 @@ def test_show_errors(tmp_path, tokenizer, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def test_show_out_of_range_answers_without_importing_sae_lens():
+    """The width comes from the SAE's cfg.json: the user waits for no sae-lens import (5 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cli.cli import main; rc = main(['show', '--sae', 'default', "
+            "'--feature', '999999']); print(rc, 'sae_lens' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert "feature 999999 is out of range: this SAE has features 0..4095" in done.stderr
+
+
 def test_show_label_from_warehouse(tmp_path, tokenizer, capsys):
     folder = write_sae_with_stats(tmp_path, tokenizer)
     path = tmp_path / "w.duckdb"
