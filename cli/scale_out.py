@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cli.relabel import build_request
     from selfexplain.errors import InputError
+    from selfexplain.leases import TOUCH_SECONDS
 
     if args.workers < 1:
         raise InputError(f"--workers {args.workers}: at least one worker is needed")
@@ -57,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--shards-per-run {args.shards_per_run}: at least one")
     if args.worker_runs is not None and args.worker_runs < 1:
         raise InputError(f"--worker-runs {args.worker_runs}: at least one")
-    if args.stale_after <= 10:
-        raise InputError(f"--stale-after {args.stale_after:g}: more than 10 s (workers touch "
-                         "their lease every 5 s)")
+    if args.stale_after <= 2 * TOUCH_SECONDS:  # ShardBoard.create's bound, told before start-up
+        raise InputError(f"--stale-after {args.stale_after:g}: more than {2 * TOUCH_SECONDS:g} s "
+                         f"(workers touch their lease every {TOUCH_SECONDS:g} s)")
     args.layer_threshold = False
     args.carry_over = False
     args.matched = args.match_threshold = None

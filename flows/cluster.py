@@ -213,8 +213,9 @@ def run_scale_out(request, out_dir: str, *, workers: int, api_url: str | None = 
                   worker_runs: int | None = None, shards_per_run: int = 4,
                   stale_after_s: float = 60.0, announce=print) -> dict[str, int]:
     """The `scale-out` flow on a local cluster of `workers` (or the server at `api_url` and its
-    workers), with `worker_runs` shard-worker runs (default: one per worker): check the request first (the SAE, features, warehouse and model, in seconds),
-    then start it, run the flow against it, stop it. `announce` gets the progress lines."""
+    workers), with `worker_runs` shard-worker runs (default: one per worker): check the request
+    first (the SAE, features, warehouse and model, in seconds), then start it, run the flow
+    against it, stop it. `announce` gets the progress lines."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.merge import scale_out

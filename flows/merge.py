@@ -226,14 +226,11 @@ class WorkerRuns:
                         run_id, Cancelled(message="every shard was done by other workers")))
 
     def _dead(self, run) -> bool:
-        """Crashed or cancelled, or running/pending with no heartbeat for stale_after_s."""
+        """Pending or running with no heartbeat for stale_after_s (a scheduled run waits for a
+        free worker, however long; a finished one is `_alive`'s to judge)."""
         state = run.state
-        if state is None:
+        if state is None or not (state.is_running() or state.is_pending()):
             return False
-        if state.is_crashed() or state.is_cancelled():
-            return True
-        if not (state.is_running() or state.is_pending()):
-            return False  # scheduled: waits for a free worker, however long
         beat = heartbeat_path(self.out_dir, str(run.id))
         since = beat.stat().st_mtime if beat.exists() else state.timestamp.timestamp()
         return time.time() - since > self.stale_after_s

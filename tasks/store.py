@@ -13,7 +13,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from selfexplain.leases import kept_touched
+from selfexplain.leases import TOUCH_SECONDS, kept_touched
 from selfexplain.runlock import write_locked
 from selfexplain.warehouse import Warehouse
 from tasks.retry import retry_transient
@@ -142,7 +142,7 @@ def layer_threshold(warehouse: str, *, model_id: str, model_revision: str, layer
     return None if rows.height == 0 else float(rows["threshold"][0])
 
 
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = TOUCH_SECONDS
 """How often a scale-out shard run touches its heartbeat file."""
 
 

@@ -8,13 +8,16 @@ The folder (`<out_dir>/.scale-out/<run id>/`) holds the plan and one small file 
     shard-0003.done       the shard's rows are written (its Parquet is atomic)
     shard-0003.failed     the shard failed on its own (bad input): the reason, for the parent
 
-Claims are atomic on any POSIX file system shared by the machines: a lease is created with
-O_CREAT|O_EXCL, and a stale one is taken over by renaming it away first (only one renamer wins).
+Claims are made one at a time under an exclusive `flock` of `claims.lock` (released by the kernel
+when its holder dies, so it never goes stale; NFSv4 and CephFS carry it between machines): without
+it, a worker that found a lease stale could rename away the fresh lease another worker had just
+created in its place. Inside, a lease is created with O_CREAT|O_EXCL all the same.
 Nothing here knows Prefect: workers and the parent are flows that call it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -142,6 +145,14 @@ class ShardBoard:
         """Lease the first shard that is neither done, failed nor held by a live worker; None
         when there is none right now. A shard whose workers died `max_attempts` times is marked
         failed instead of being leased again."""
+        fd = os.open(self.folder / "claims.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:  # a fresh open file per call: threads of one process exclude each other too
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return self._claim(owner)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _claim(self, owner: str) -> Claim | None:
         for index in range(len(self.parts)):
             if self._is_done(index) or self._failure(index) is not None:
                 continue
@@ -152,7 +163,7 @@ class ShardBoard:
             if fresh is False:  # its worker went silent: take the shard over
                 try:
                     lease.rename(self._path(index, f"dead-{uuid.uuid4().hex[:12]}"))
-                except FileNotFoundError:  # another worker took it over first
+                except FileNotFoundError:  # its slow worker finished it meanwhile
                     continue
             lost = self.attempts(index)
             if lost >= self.max_attempts:

@@ -53,7 +53,8 @@ def running_on(cluster: LocalCluster, worker: int, client) -> bool:
 
 
 def boards(out_dir) -> list[ShardBoard]:
-    return [ShardBoard(p) for p in sorted((out_dir / BOARDS).glob("*")) if (p / "plan.json").exists()]
+    return [ShardBoard(p) for p in sorted((out_dir / BOARDS).glob("*"))
+            if (p / "plan.json").exists()]
 
 
 def in_background(cluster: LocalCluster, request: RelabelRequest, out_dir, **kw):
@@ -84,15 +85,30 @@ def wait_until(condition, thread, outcome, what: str, timeout_s: float = 240) ->
         time.sleep(0.2)
 
 
+def single_process(tmp_path, tiny_model_dir, tiny_sae_dir, fast,
+                   features: str) -> tuple[dict, str]:
+    """The request's common fields and the warehouse of the same request run by `relabel` in
+    this process: what every scale-out here must equal."""
+    common = dict(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features=features,
+                  shard_size=2, scales="0:2:3", samples=1, overrides=fast)
+    single = str(tmp_path / "single.duckdb")
+    relabel(RelabelRequest(warehouse=single, **common))
+    return common, single
+
+
+def assert_same_content(expected_warehouse: str, got_warehouse: str) -> None:
+    expected, got = content(expected_warehouse), content(got_warehouse)
+    for table in COMPARED:
+        assert got[table].height == expected[table].height > 0, table
+        assert got[table].equals(expected[table]), table
+
+
 def test_two_workers_one_killed_mid_shard_merge_equals_single_process(
         tmp_path, tiny_model_dir, tiny_sae_dir, fast):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    common = dict(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-15",
-                  shard_size=2, scales="0:2:3", samples=1, overrides=fast)
-    single = str(tmp_path / "single.duckdb")
-    relabel(RelabelRequest(warehouse=single, **common))
+    common, single = single_process(tmp_path, tiny_model_dir, tiny_sae_dir, fast, "0-15")
 
     merged = str(tmp_path / "merged.duckdb")
     request = RelabelRequest(warehouse=merged, **common)
@@ -130,20 +146,14 @@ def test_two_workers_one_killed_mid_shard_merge_equals_single_process(
                          worker_runs=1, shards_per_run=1)
 
     assert outcome["summary"]["folders"] >= 8
-    expected, got = content(single), content(merged)
-    for table in COMPARED:
-        assert got[table].height == expected[table].height > 0, table
-        assert got[table].equals(expected[table]), table
+    assert_same_content(single, merged)
 
 
 def test_server_restarted_mid_run_finishes_with_nothing_lost_or_doubled(
         tmp_path, tiny_model_dir, tiny_sae_dir, fast):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    common = dict(collect=False, model=tiny_model_dir, sae=str(tiny_sae_dir), features="0-11",
-                  shard_size=2, scales="0:2:3", samples=1, overrides=fast)
-    single = str(tmp_path / "single.duckdb")
-    relabel(RelabelRequest(warehouse=single, **common))
+    common, single = single_process(tmp_path, tiny_model_dir, tiny_sae_dir, fast, "0-11")
 
     merged = str(tmp_path / "merged.duckdb")
     out_dir = tmp_path / "shards"
@@ -162,7 +172,4 @@ def test_server_restarted_mid_run_finishes_with_nothing_lost_or_doubled(
         (board,) = boards(out_dir)
         assert board.status().settled and len(board.status().done) == 6
 
-    expected, got = content(merged), content(single)
-    for table in COMPARED:
-        assert got[table].height == expected[table].height > 0, table
-        assert got[table].equals(expected[table]), table
+    assert_same_content(single, merged)
