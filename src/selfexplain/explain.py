@@ -274,7 +274,8 @@ class SelfExplainer:
         skip = zero if (faithful or self.min_scale > 0) else torch.zeros_like(zero)
         ran = (~skip).nonzero().squeeze(-1)  # (ran,)
         out = prompt_pass(self.lm, state.prompt, state.prefix, vectors[ran], self.injection_layer,
-                          self.probe_layer, keep_cache=not faithful)
+                          self.probe_layer, keep_cache=not faithful,
+                          answer_tokens=self._budget(state.prompt.kind))
         probe = state.probe_zero.expand(len(vectors), -1).clone()
         probe[ran] = out.probe
         logits = state.logits_zero.expand(len(vectors), -1).clone()
@@ -334,7 +335,8 @@ class SelfExplainer:
             vectors = self._injected(torch.tensor([scale for _, scale, _ in batch]),
                                      torch.stack([directions[f] for f, _, _ in batch]))
             result = prompt_pass(self.lm, state.prompt, state.prefix, vectors,
-                                 self.injection_layer, self.probe_layer, keep_cache=True)
+                                 self.injection_layer, self.probe_layer, keep_cache=True,
+                                 answer_tokens=self._budget(kind))
             texts.extend(sample_continuations(
                 self.lm, result.logits, result.cache, self._seeds(kind, features, batch),
                 max_new_tokens=self._budget(kind), temperature=config.temperature,

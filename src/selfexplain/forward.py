@@ -54,6 +54,20 @@ class PrefixCache:
             cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), index)
         return cache
 
+    def for_pass(self, lm: LoadedModel, batch: int, own_tokens: int) -> object:
+        """The cache a prompt pass of `batch` rows starts from. Where the model's attention reads
+        a shared prefix (selfexplain.attention), the prefix stays stored once and each row gets
+        room for `own_tokens` (suffix plus answer) written in place; else `expanded`."""
+        from selfexplain.attention import reads_shared_prefix
+
+        if not self.length:
+            return _cache_class()(config=lm.model.config)
+        if reads_shared_prefix(lm.model):
+            from selfexplain.shared_prefix import SharedPrefixCache
+
+            return SharedPrefixCache(self.layers, own_tokens)
+        return self.expanded(lm, batch)
+
 
 @torch.inference_mode()
 def prompt_pass(
@@ -65,13 +79,15 @@ def prompt_pass(
     probe_layer: int,
     *,
     keep_cache: bool = False,
+    answer_tokens: int = 0,
 ) -> PromptPass:
-    """Run the prompt for every row with its vector injected; read probe residual and logits."""
+    """Run the prompt for every row with its vector injected; read probe residual and logits.
+    `answer_tokens`: how many tokens will be sampled from the kept cache (room reserved)."""
     batch = vectors.shape[0]
     suffix = prompt.input_ids[prefix.length :].to(lm.device)  # (suffix,)
     input_ids = suffix[None, :].expand(batch, -1)  # (batch, suffix)
     positions = (prompt.placeholder_positions - prefix.length).to(lm.device)  # (n_placeholders,)
-    cache = prefix.expanded(lm, batch) if prefix.length else _cache_class()(config=lm.model.config)
+    cache = prefix.for_pass(lm, batch, len(suffix) + (answer_tokens if keep_cache else 0))
     with replaced_at(lm.layers[injection_layer], positions, vectors), captured_at(
         lm.layers[probe_layer]
     ) as probe:
