@@ -181,12 +181,29 @@ def main() -> None:
         "gemma2b_16k_a100_hours_at_30pct": ours["gemma2b_gflop_per_feature"] * 16384 * 1e9
         / (0.3 * 312e12) / 3600,
         "threads": args.threads,
+        "cpu": cpu_name(),
         "sides": sides,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     Path(args.out).write_text(json.dumps(results, indent=2))
     print_table(results)
     print(f"\nwritten to {args.out}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its bf16 flags: figures from two boxes are never one comparison."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
+                  if line.startswith("flags")), [])
+    wanted = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{name} ({', '.join(wanted) or 'no AVX2'}, {os.cpu_count()} cores)"
 
 
 def print_table(results: dict) -> None:
@@ -208,7 +225,7 @@ def print_table(results: dict) -> None:
         ("planted top-3", f"{naive['planted_hits']}/{naive['planted_n']}",
          f"{ours['planted_hits']}/{ours['planted_n']}"),
     ]
-    print(f"\n{'':22}{'original recipe':>18}{'selfexplain':>14}")
+    print(f"\n{results.get('cpu', '')}\n{'':22}{'original recipe':>18}{'selfexplain':>14}")
     for name, a, b in rows:
         print(f"{name:22}{a!s:>18}{b!s:>14}")
     peak = results["matmul_peak_gflops_by_dtype"]

@@ -212,6 +212,14 @@ class ShardBoard:
         except FileNotFoundError:
             return None
 
+    def holder(self, index: int) -> dict | None:
+        """Who holds shard `index`'s lease ({"owner", "attempt", "pid"}); None when nobody does
+        (or the lease is being written)."""
+        try:
+            return json.loads(self._path(index, "lease").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
     def status(self) -> BoardStatus:
         done, failed, leased = [], {}, []
         for index in range(len(self.parts)):
