@@ -53,7 +53,7 @@ def test_shared_prefix_cache_gives_what_a_copied_prefix_gives(family, kind):
                           answer_tokens=1)  # room for 1 answer token; 3 are decoded
         cache = out.cache
         steps = []
-        cache.batch_select_indices(torch.tensor([0, 1, 2, 4]))  # outside inference mode, in place
+        cache.batch_select_indices(torch.tensor([0, 1, 2, 4]))  # outside inference mode
         with torch.inference_mode():
             cache.batch_select_indices(torch.tensor([0, 0, 2, 3]))  # one row per sample
             for step, keep in enumerate([None, torch.tensor([1, 3]), None]):
