@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, collect_dtype=args.collect_dtype, seed=args.seed,
         chunk_windows=args.chunk_windows,
     )  # nonsense settings answer before Prefect is imported
+    from selfexplain.corpus import corpus_files
+
+    corpus_files(args.corpus)  # and so does a missing or empty corpus
     from flows.train_default_sae import TrainSaeRequest, run_train_sae
 
     request = TrainSaeRequest.build(

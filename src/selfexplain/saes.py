@@ -214,6 +214,17 @@ def peek_width(spec: str) -> int | None:
     return None
 
 
+def check_sae_spec(spec: str) -> None:
+    """SaeLoadError for a spec of no known form, without loading anything (the CLI asks before
+    it imports Prefect, so a typo answers in a couple of seconds)."""
+    if spec == DEFAULT_SAE or spec.endswith(".safetensors") or "/" in spec:
+        return
+    if not Path(spec).expanduser().is_dir():
+        raise SaeLoadError(
+            f"SAE {spec!r} is neither `default`, a folder, a .safetensors file, nor RELEASE/SAE_ID"
+        )
+
+
 def load_sae_decoder(spec: str) -> SaeDirections:
     """`default`, a sae-lens folder, a `.safetensors` file with `W_dec`, or `RELEASE/SAE_ID`, as
     its decoder directions alone; `statstore.load_sae` attaches the statistics found for it."""
@@ -226,10 +237,7 @@ def load_sae_decoder(spec: str) -> SaeDirections:
         return load_sae_folder(path)
     if spec.endswith(".safetensors"):
         return load_raw_safetensors(path)
-    if "/" not in spec:
-        raise SaeLoadError(
-            f"SAE {spec!r} is neither `default`, a folder, a .safetensors file, nor RELEASE/SAE_ID"
-        )
+    check_sae_spec(spec)
     release, sae_id = spec.split("/", 1)
     return load_registry_sae(release, sae_id)
 

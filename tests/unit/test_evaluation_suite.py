@@ -166,3 +166,21 @@ def test_planted_suite_on_the_default_model() -> None:
     assert (summary.filter(pl.col("suite") == "planted")["n"] == 8).all()
     thresholds = output.layer_thresholds
     assert set(thresholds["prompt"]) == {"meaning"} and (thresholds["n_null"] == 8).all()
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--suite", "real", "--sae", "no-such-sae"],
+    ["train-sae", "--corpus", "/nonexistent-corpus", "--out", "/nonexistent-out"],
+])
+def test_a_typo_answers_before_prefect_is_imported(argv) -> None:
+    """An SAE of no known form and a missing corpus are refused before `import prefect` (a
+    second of the 5 s that bench.errors allows; these two took 5.2-5.5 s on a slow box)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from cli.cli import main; code = main(sys.argv[1:]); "
+             "print(code, 'prefect' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split()[-2:] == ["2", "False"], (done.stdout, done.stderr[-500:])
+    assert done.stderr.strip().splitlines()[-1].startswith("error:")
