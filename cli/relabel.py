@@ -78,10 +78,23 @@ def build_request(args: argparse.Namespace):
     )
 
 
+def check_sae_cheaply(request) -> None:
+    """An SAE of no known form, or features beyond its width where its cfg.json or header tells
+    it, answer before Prefect is imported (a second and a half of start-up); the flow's
+    preflight checks the rest."""
+    from selfexplain.saes import check_features, check_sae_spec, peek_width
+
+    check_sae_spec(request.sae)
+    width = peek_width(request.sae)
+    if width is not None and not request.all_features:
+        check_features(request.feature_list(width), width)
+
+
 def run(args: argparse.Namespace) -> int:
+    request = build_request(args)  # validates every flag before anything slow starts
+    check_sae_cheaply(request)
     from flows.relabel import run_relabel
 
-    request = build_request(args)  # validates every flag before anything slow starts
     began = None
 
     def announce(line: str) -> None:

@@ -171,10 +171,13 @@ def test_planted_suite_on_the_default_model() -> None:
 @pytest.mark.parametrize("argv", [
     ["evaluate", "--suite", "real", "--sae", "no-such-sae"],
     ["train-sae", "--corpus", "/nonexistent-corpus", "--out", "/nonexistent-out"],
+    ["relabel", "--sae", "default", "--features", "999999", "--warehouse", "/nonexistent/w.duckdb"],
+    ["relabel", "--sae", "no-such-sae", "--features", "0", "--warehouse", "/nonexistent/w.duckdb"],
 ])
 def test_a_typo_answers_before_prefect_is_imported(argv) -> None:
-    """An SAE of no known form and a missing corpus are refused before `import prefect` (a
-    second of the 5 s that bench.errors allows; these two took 5.2-5.5 s on a slow box)."""
+    """An SAE of no known form, a feature beyond the SAE and a missing corpus are refused before
+    `import prefect` (a second and a half of the 5 s that bench.errors allows: these took 5.1-5.5
+    s on a slow box)."""
     import subprocess
     import sys
 
