@@ -99,10 +99,9 @@ def request_from_args(args: argparse.Namespace):
 def params_from_args(args: argparse.Namespace):
     """The flow's parameters: the request, the judge steps, where the results go."""
     request = request_from_args(args)  # a bad flag answers before Prefect is imported
-    if request.sae is not None:
-        from selfexplain.saes import check_sae_spec
+    from selfexplain.saes import check_sae_spec
 
-        check_sae_spec(request.sae)  # an SAE of no known form too
+    check_sae_spec(request.sae)  # an SAE of no known form too
     from flows.evaluate import EvaluateParams
     from selfexplain.errors import build_validated
 

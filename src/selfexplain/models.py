@@ -288,9 +288,9 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     if device.type == "cpu":
         # CPU bfloat16 SDPA is slow on decode steps (448 rows x 60 keys: 29 ms vs 6 ms for the
         # eager matmuls, measured here), eager copies keys/values per query head, and only this
-        # attention reads a prefix stored once for the batch (selfexplain.shared_prefix: 16
-        # latents on the AVX2 box in float32, attention and cache copies 4.5-6.3 -> 2.0-3.2 s
-        # of 11-17); on CUDA SDPA stays
+        # attention reads a prefix stored once for the batch (selfexplain.shared_prefix; on the
+        # AVX2 box in float32 wall time equal within noise, peak RSS 2.85 -> 2.56 GB, see
+        # docs/evaluation/throughput); on CUDA SDPA stays
         use_grouped_attention(lm.model)
     return lm
 

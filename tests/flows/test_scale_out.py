@@ -6,7 +6,6 @@ with its reason."""
 
 from __future__ import annotations
 
-
 import threading
 import time
 
@@ -130,7 +129,7 @@ def test_two_workers_one_killed_mid_shard_merge_equals_single_process(
                                         shards_per_run=1, stale_after_s=20)
         with get_client(sync_client=True) as client:
             # a lease of worker 0's own (any lease at all raced: worker 1's, or worker 0
-            # between shards, and the kill then lost nothing, 1 full run in 3 here)
+            # between shards, and the kill then lost nothing: 1 of 2 full-suite runs here)
             wait_until(lambda: running_on(cluster, 0, client)
                        and leased_by(out_dir, cluster.worker_pids(0)), thread, outcome,
                        "worker 0 never started a shard")
