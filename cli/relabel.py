@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--all-features", action="store_true",
                         help="every latent of the SAE (overrides --features)")
     parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="DuckDB file")
-    parser.add_argument("--shard-size", type=int, default=8, help="features per shard (task)")
+    parser.add_argument("--shard-size", type=int, default=64,
+                        help="features per shard (task); 64 fills one batch of the default preset")
     parser.add_argument("--layer-threshold", action="store_true",
                         help="flag failures with the threshold `selfexplain evaluate --null N "
                         "--warehouse W` drew for this model, layer and settings")

@@ -47,9 +47,11 @@ class RelabelRequest(BaseModel):
     """Where the model runs: `auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`. Not in the
     request hash: a GPU run resumes a CPU run's shards and the other way round."""
     warehouse: str = DEFAULT_WAREHOUSE
-    shard_size: int = Field(8, ge=1, le=1_000_000)
+    shard_size: int = Field(64, ge=1, le=1_000_000)
     """Features per shard: one task (one model load at most) per shard, never one per feature.
-    Shards run one after another in a process; parallelism is scale-out (flows/merge.py)."""
+    Shards run one after another in a process; parallelism is scale-out (flows/merge.py). 64
+    fills one batch of the default preset (512 rows / 8 scales); a shard of 8 ran 8 latents a
+    batch, and each batch pays its last decode steps whatever its size."""
     out_dir: str | None = None
     """Parquet mode: shards write Parquet under this folder and the warehouse is not written;
     `flows/merge.py` upserts them later (scale-out)."""

@@ -26,15 +26,18 @@ from torch import Tensor, nn
 
 NAME = "selfexplain_gqa"
 
-_HANDOFF: ContextVar[tuple[Tensor, Tensor] | None] = ContextVar("shared_prefix", default=None)
-"""The prefix keys/values of the layer whose cache was just updated, for the attention call that
+_HANDOFF: ContextVar[tuple[Tensor, ...] | None] = ContextVar("shared_prefix", default=None)
+"""The earlier blocks of the layer whose cache was just updated, for the attention call that
 follows it in the same attention module (set by `SharedPrefixLayer.update` through `hand_off`,
 taken by `grouped_attention`)."""
 
 
-def hand_off(prefix_keys: Tensor, prefix_values: Tensor) -> None:
-    """Give the next `grouped_attention` call this layer's shared prefix, (1, hkv, P, d) each."""
-    _HANDOFF.set((prefix_keys, prefix_values))
+def hand_off(prefix_keys: Tensor, prefix_values: Tensor, past_keys: Tensor | None = None,
+             past_values: Tensor | None = None) -> None:
+    """Give the next `grouped_attention` call this layer's shared prefix, (1, hkv, P, d) each,
+    and optionally each row's block between the prefix and the keys it is called with,
+    (b, hkv, S, d) each."""
+    _HANDOFF.set((prefix_keys, prefix_values, past_keys, past_values))
 
 
 def grouped_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -52,15 +55,20 @@ def grouped_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     scaling = module.head_dim ** -0.5 if scaling is None else scaling
     grouped = query.reshape(batch, kv_heads, groups * q_len, head_dim)
     scores = torch.matmul(grouped, key.transpose(2, 3)) * scaling  # (b, hkv, groups * q, kv)
-    prefix_len = 0
-    if prefix is not None:  # key/value hold only each row's own tokens, after the prefix
-        prefix_keys, prefix_values = prefix  # (1, hkv, P, d)
+    prefix_len = past_len = 0
+    past_values = None
+    if prefix is not None:  # key/value hold only each row's newest tokens, after the blocks
+        prefix_keys, prefix_values, past_keys, past_values = prefix  # (1 | b, hkv, P | S, d)
         prefix_len = prefix_keys.shape[2]
         flat = grouped.transpose(0, 1).reshape(kv_heads, batch * groups * q_len, head_dim)
         prefix_scores = torch.bmm(flat, prefix_keys[0].transpose(1, 2)) * scaling  # (hkv, bgq, P)
         prefix_scores = prefix_scores.view(kv_heads, batch, groups * q_len, prefix_len)
-        scores = torch.cat([prefix_scores.transpose(0, 1), scores], dim=-1)  # (b, hkv, gq, P+kv)
-    total = prefix_len + kv_len
+        blocks = [prefix_scores.transpose(0, 1)]
+        if past_keys is not None:  # each row's prompt tokens: (b, hkv, gq, S)
+            past_len = past_keys.shape[2]
+            blocks.append(torch.matmul(grouped, past_keys.transpose(2, 3)) * scaling)
+        scores = torch.cat([*blocks, scores], dim=-1)  # (b, hkv, gq, P + S + kv)
+    total = prefix_len + past_len + kv_len
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:  # additive (b, 1, q, kv): the same for every head
@@ -76,7 +84,9 @@ def grouped_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if dropout and module.training:
         probs = nn.functional.dropout(probs, p=dropout)
-    out = torch.matmul(probs[..., prefix_len:], value)  # (b, hkv, groups * q, d)
+    out = torch.matmul(probs[..., prefix_len + past_len :], value)  # (b, hkv, groups * q, d)
+    if past_values is not None:
+        out = out + torch.matmul(probs[..., prefix_len : prefix_len + past_len], past_values)
     if prefix is not None:
         flat_probs = probs[..., :prefix_len].transpose(0, 1).reshape(
             kv_heads, batch * groups * q_len, prefix_len)

@@ -321,8 +321,9 @@ class SelfExplainer:
         assert bool((select >= 0).all()), "a sampled row was skipped in the metric pass"
         out.cache.batch_select_indices(select.to(self.lm.device))
         return sample_continuations(
-            self.lm, out.logits[select], out.cache, self._seeds(kind, features, rows),
+            self.lm, out.logits, out.cache, self._seeds(kind, features, rows),
             max_new_tokens=self._budget(kind), temperature=self.config.temperature,
+            first_rows=select,
         )
 
     def _sample_fresh(self, kind: str, state: _PromptState, directions: Tensor,

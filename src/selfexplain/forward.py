@@ -54,10 +54,11 @@ class PrefixCache:
             cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), index)
         return cache
 
-    def for_pass(self, lm: LoadedModel, batch: int, own_tokens: int) -> object:
+    def for_pass(self, lm: LoadedModel, batch: int, answer_tokens: int) -> object:
         """The cache a prompt pass of `batch` rows starts from. Where the model's attention reads
-        a shared prefix (selfexplain.attention), the prefix stays stored once and each row gets
-        room for `own_tokens` (suffix plus answer) written in place; else `expanded`."""
+        a shared prefix (selfexplain.attention), the prefix stays stored once, each row's prompt
+        tokens are one block and each row gets room for `answer_tokens` written in place; else
+        `expanded`."""
         from selfexplain.attention import reads_shared_prefix
 
         if not self.length:
@@ -65,7 +66,7 @@ class PrefixCache:
         if reads_shared_prefix(lm.model):
             from selfexplain.shared_prefix import SharedPrefixCache
 
-            return SharedPrefixCache(self.layers, own_tokens)
+            return SharedPrefixCache(self.layers, answer_tokens)
         return self.expanded(lm, batch)
 
 
@@ -87,7 +88,7 @@ def prompt_pass(
     suffix = prompt.input_ids[prefix.length :].to(lm.device)  # (suffix,)
     input_ids = suffix[None, :].expand(batch, -1)  # (batch, suffix)
     positions = (prompt.placeholder_positions - prefix.length).to(lm.device)  # (n_placeholders,)
-    cache = prefix.for_pass(lm, batch, len(suffix) + (answer_tokens if keep_cache else 0))
+    cache = prefix.for_pass(lm, batch, answer_tokens if keep_cache else 0)
     with replaced_at(lm.layers[injection_layer], positions, vectors), captured_at(
         lm.layers[probe_layer]
     ) as probe:

@@ -74,8 +74,8 @@ def test_shared_prefix_cache_gives_what_a_copied_prefix_gives(family, kind):
 
 
 def test_shared_prefix_is_stored_once():
-    """The prefix is one batch row, whatever the batch; each row holds only its own tokens, in a
-    buffer sized for the answer asked for."""
+    """The prefix is one batch row, whatever the batch; each row holds only its own prompt
+    tokens, as one contiguous block, and its answer in a buffer sized for the answer asked for."""
     from selfexplain.forward import PrefixCache, prompt_pass
     from selfexplain.prompts import build_prompt
 
@@ -87,5 +87,10 @@ def test_shared_prefix_is_stored_once():
     own = len(prompt.input_ids) - prompt.prefix_length
     layer = out.cache.layers[0]
     assert layer.prefix_keys.shape[0] == 1 and layer.prefix_keys.shape[2] == prompt.prefix_length
-    assert layer.keys.shape[0] == 7 and layer.keys.shape[2] == own + 4
+    assert layer.keys.shape[0] == 7 and layer.keys.shape[2] == own and layer.keys.is_contiguous()
     assert out.cache.get_seq_length() == len(prompt.input_ids)
+    with torch.inference_mode():
+        lm.model(input_ids=torch.zeros(7, 1, dtype=torch.long), past_key_values=out.cache,
+                 use_cache=True)
+    assert layer.answer_keys.shape == (7, layer.keys.shape[1], 4, layer.keys.shape[3])
+    assert out.cache.get_seq_length() == len(prompt.input_ids) + 1
