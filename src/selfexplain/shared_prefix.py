@@ -28,6 +28,11 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from selfexplain.attention import hand_off
 
 
+FIRST_ROOM = 4
+"""Answer tokens the buffer first holds per row (most answers end within 2-4 tokens; it doubles
+when a longer one needs it, by then on a compacted batch)."""
+
+
 class SharedPrefixLayer(CacheLayerMixin):
     """One layer's cache in three blocks: the shared prefix once, (1, hkv, P, d); each row's
     prompt tokens after it (`keys`/`values`, (b, hkv, S, d), contiguous, written by the prompt
@@ -58,8 +63,8 @@ class SharedPrefixLayer(CacheLayerMixin):
             hand_off(self.prefix_keys, self.prefix_values)
             return self.keys, self.values
         end = self.length + key_states.shape[-2]
-        if self.answer_keys is None:
-            self._allocate(key_states, max(self.capacity, end))
+        if self.answer_keys is None:  # room for the first few tokens; grows with the answers
+            self._allocate(key_states, max(min(self.capacity, FIRST_ROOM), end))
         elif end > self.answer_keys.shape[-2]:  # more tokens than planned: grow (a copy, rarely)
             self._resize(None, 2 * end)
         self.answer_keys[:, :, self.length : end] = key_states
