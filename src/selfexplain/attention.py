@@ -11,7 +11,7 @@ Every row of an injection batch continues the same prompt prefix (the tokens bef
 placeholder: 32 of the meaning prompt's 50 on SmolLM2). transformers' DynamicCache copies that
 prefix into every row at the prompt pass, then copies the whole cache again at every decode step
 (`torch.cat`) and at every compaction. `SharedPrefixCache` keeps the prefix once, (1, hkv, P, d),
-and each row's own tokens in a buffer preallocated for the answer and written in place;
+each row's prompt tokens as one contiguous block and its answer in a buffer written in place;
 `grouped_attention` reads the prefix with one matmul over the whole batch. Only the model's
 registered attention reads it (`reads_shared_prefix`): elsewhere (CUDA SDPA) a DynamicCache as before.
 The cache classes live in selfexplain.shared_prefix (importing transformers' cache takes seconds).
