@@ -2,11 +2,14 @@
 or the first line break (a label is one clean line).
 
 Each row draws from its own seeded generator (inverse-CDF sampling at temperature T, no top-k/top-p:
-one uniform number per row and step), so a sample depends only on (seed, feature, prompt, scale
-index, sample index), not on how features were batched or sharded: a resumed run reproduces the
-same text. Finished rows stay in the batch (their tokens are ignored) until a quarter of it has
-finished, then the KV cache is compacted: each compaction copies the whole cache, so doing it at
-every finished row cost more than the wasted rows (9% of a feature's time in bfloat16, profiled).
+one uniform number per row and step), so a sample's random numbers depend only on (seed, feature,
+prompt, scale index, sample index), not on how features were batched or sharded. The logits they
+are drawn against can differ by rounding with the batch's size (bfloat16 on the CPU: 128 vs 512
+rows a batch changed a few labels, stop 37), so a resumed run reproduces the same text because it
+runs the same shards. Finished rows stay in the batch (their tokens are ignored) until a quarter
+of it has finished, then the KV cache is compacted: each compaction copies the rows' own blocks,
+so doing it at every finished row cost more than the wasted rows (9% of a feature's time in
+bfloat16, profiled).
 """
 
 from __future__ import annotations
