@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--more-features", default="256-383",
                         help="the larger run's latents (a superset): the difference gives the "
                         "cost per latent, free of each command's fixed start-up")
-    parser.add_argument("--shard-size", type=int, default=8)
+    parser.add_argument("--shard-size", type=int, default=8,
+                        help="both sides' shards (default: scale-out's own)")
+    parser.add_argument("--shards-per-run", type=int, default=4,
+                        help="scale-out's parts, in shards (default: scale-out's own)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name] = {"features": features, "seconds": round(seconds, 1)}
             else:
                 seconds, output = command(["scale-out", *common, "--workers", str(workers),
+                                           "--shards-per-run", str(args.shards_per_run),
                                            "--out-dir", str(tmp / f"{name}-shards")],
                                           tmp / f"{name}.log")
                 runs[name] = {"features": features, "workers": workers,
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     per_latent = {name: (runs[f"{name}_more"]["seconds"] - runs[name]["seconds"]) / added
                   for name in ("one_process", "1_worker")}
     result = {
-        "shard_size": args.shard_size, "runs": runs,
+        "shard_size": args.shard_size, "shards_per_run": args.shards_per_run, "runs": runs,
         "seconds_per_latent": {k: round(v, 3) for k, v in per_latent.items()},
         "per_feature_ratio_1_worker": round(per_latent["1_worker"] / per_latent["one_process"], 3),
         f"whole_command_ratio_1_worker_{count(args.features)}":
