@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"done in {elapsed:.0f} s: {summary['n_labelled']} labelled, {summary['n_failed']} "
           f"flagged as likely failures, {summary['n_skipped']} skipped; "
-          f"{summary['n_shards']} shards run, {summary['n_shards_skipped']} already stored")
+          f"{summary['n_shards']} shard{'' if summary['n_shards'] == 1 else 's'} run, "
+          f"{summary['n_shards_skipped']} already stored")
     if request.out_dir is not None:
         print(f"Parquet shards: {request.out_dir}")
         print(f"merge them:     selfexplain import --shards {request.out_dir} "
