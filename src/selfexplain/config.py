@@ -280,7 +280,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # Stop 37: 512 rows a batch (64 latents x 8 scales, 1,792 sampled rows): a decode step of a
     # few rows costs as much as one of hundreds (~50 ms: the weights are read either way), and
     # every batch ends in ~20 such steps for its few long answers; at 128 rows those were paid
-    # every 16 latents. 0.28 -> 0.21 s per latent in bfloat16 (2-core Xeon), peak RSS 3.1 GB.
+    # every 16 latents. With this stop's other levers, make bench on a 2-core Xeon (bfloat16):
+    # 0.27 -> 0.19 s per latent, peak RSS 2.2 GB (docs/evaluation/throughput).
     "default": dict(direction="auto", max_new_tokens=24, repeat_max_new_tokens=8,
                     token_recovery="peak", adapter="auto",
                     metric_scales=(0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), repeat_scales=1,

@@ -48,9 +48,10 @@ class SharedPrefixLayer(CacheLayerMixin):
     def __init__(self, prefix_keys: Tensor, prefix_values: Tensor, capacity: int) -> None:
         super().__init__()
         self.prefix_keys, self.prefix_values = prefix_keys, prefix_values  # (1, hkv, P, d)
-        self.capacity = capacity  # answer tokens the buffer holds before it grows
+        self.capacity = capacity  # answer tokens asked for (the first buffer holds at most
+        # FIRST_ROOM of them; from then on the buffer's own size is the room)
         self.length = 0  # answer tokens stored per row
-        self.answer_keys: Tensor | None = None  # (b, hkv, capacity, d), allocated at the 1st step
+        self.answer_keys: Tensor | None = None  # (b, hkv, room, d), allocated at the 1st step
         self.answer_values: Tensor | None = None
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
@@ -80,19 +81,19 @@ class SharedPrefixLayer(CacheLayerMixin):
         rows, heads, _, head_dim = self.keys.shape
         self.answer_keys = like.new_empty(rows, heads, capacity, head_dim)
         self.answer_values = like.new_empty(rows, heads, capacity, head_dim)
-        self.capacity = capacity
 
     @torch.inference_mode()
-    def _resize(self, indices: Tensor | None, capacity: int) -> None:
+    def _resize(self, indices: Tensor | None, capacity: int | None = None) -> None:
         """Keep the rows `indices` (None: every row): their prompt block (one contiguous copy)
-        and the stored part of their answers, in a fresh answer buffer of `capacity`."""
+        and the stored part of their answers, in a fresh answer buffer of `capacity` (None: the
+        same room as now)."""
         if indices is not None:
             self.keys = self.keys.index_select(0, indices)
             self.values = self.values.index_select(0, indices)
         if self.answer_keys is None:
             return
         old_keys, old_values = self.answer_keys, self.answer_values
-        self._allocate(old_keys, capacity)
+        self._allocate(old_keys, capacity or old_keys.shape[-2])
         for old, new in ((old_keys, self.answer_keys), (old_values, self.answer_values)):
             stored = old[:, :, : self.length]
             new[:, :, : self.length] = stored if indices is None else stored.index_select(0, indices)
@@ -101,7 +102,7 @@ class SharedPrefixLayer(CacheLayerMixin):
     def batch_select_indices(self, indices: Tensor) -> None:
         """Keep rows `indices` (repeated for one row per sample, or the unfinished ones)."""
         if self.is_initialized:
-            self._resize(indices.to(self.device), self.capacity)
+            self._resize(indices.to(self.device))
 
     def reorder_cache(self, beam_idx: Tensor) -> None:
         self.batch_select_indices(beam_idx)
